@@ -1,0 +1,119 @@
+"""Diffusion coefficients, error bars and Arrhenius fits.
+
+Eq. 1 of the paper: ``D = (1/6) d/dt < sum_i |r_i(t + t0) - r_i(t0)|^2 >`` over
+all atoms of a species; with several defects in the cell this package reports
+it *per defect* (divided by the number of defects), so that a cell with one
+defect gives the paper's number.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rates.ratelaw import K_B_EV
+
+ANGSTROM2_TO_CM2 = 1e-16
+
+
+def half_lattice_sq_to_cm2(lattice_constant_A: float) -> float:
+    """Factor from (a/2)^2 (the unit of doubled coordinates squared) to cm^2."""
+    return (0.5 * lattice_constant_A) ** 2 * ANGSTROM2_TO_CM2
+
+
+def slope_D(time_s: np.ndarray, msd: np.ndarray, skip_fraction: float = 0.2) -> float:
+    """D = slope / 6 of a least-squares line through ``msd(t)`` for t >= skip_fraction * t_end.
+
+    ``msd`` in cm^2, result in cm^2/s. Returns NaN with fewer than 2 points.
+    """
+    t = np.asarray(time_s, dtype=np.float64)
+    y = np.asarray(msd, dtype=np.float64)
+    if t.size < 2 or t[-1] <= 0:
+        return math.nan
+    sel = t >= skip_fraction * t[-1]
+    if np.count_nonzero(sel) < 2:
+        sel = np.ones_like(t, dtype=bool)
+    slope = np.polyfit(t[sel], y[sel], 1)[0]
+    return float(slope / 6.0)
+
+
+def block_D(time_s: np.ndarray, msd: np.ndarray, n_blocks: int = 5) -> tuple[float, float]:
+    """Mean and standard error of D from the MSD increments over ``n_blocks`` equal time blocks.
+
+    Each block gives ``(msd(t_b+1) - msd(t_b)) / (6 (t_b+1 - t_b))``, an unbiased
+    estimate for diffusive motion; their scatter gives the standard error.
+    Returns (NaN, NaN) when there are too few observations.
+    """
+    t = np.asarray(time_s, dtype=np.float64)
+    y = np.asarray(msd, dtype=np.float64)
+    if t.size < n_blocks + 1:
+        return math.nan, math.nan
+    edges = np.linspace(0, t.size - 1, n_blocks + 1).round().astype(int)
+    vals = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        if t[b] > t[a]:
+            vals.append((y[b] - y[a]) / (6.0 * (t[b] - t[a])))
+    if len(vals) < 2:
+        return math.nan, math.nan
+    v = np.asarray(vals)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+
+
+def mean_sem(values) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (NaN for one value) and count of the finite values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan, 0
+    if v.size == 1:
+        return float(v[0]), math.nan, 1
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)), int(v.size)
+
+
+def fit_arrhenius(temperature_K, D, D_err=None, T_ref_K: float = 300.0) -> dict:
+    """Fit ``D = D0 exp(-E_a / k_B T)`` (Eq. 2) by (weighted) least squares on ln D.
+
+    Parameters
+    ----------
+    temperature_K, D : array-like
+        Temperatures and diffusion coefficients (> 0).
+    D_err : array-like, optional
+        Standard errors of D; weights 1/var(ln D) = (D/D_err)^2 when all finite.
+
+    Returns
+    -------
+    dict with ``Ea_eV``, ``Ea_err_eV``, ``D0``, ``D0_err`` (same unit as D),
+    ``D_ref`` at ``T_ref_K`` and ``n_points``. Errors from the covariance of
+    the fit (scaled by the residuals when unweighted).
+    """
+    T = np.asarray(temperature_K, dtype=np.float64)
+    y = np.asarray(D, dtype=np.float64)
+    ok = np.isfinite(y) & (y > 0)
+    T, y = T[ok], y[ok]
+    if T.size < 2 or np.unique(T).size < 2:
+        raise ValueError("an Arrhenius fit needs positive D at two or more distinct temperatures")
+    x = -1.0 / (K_B_EV * T)
+    ln = np.log(y)
+    w = None
+    if D_err is not None:
+        e = np.asarray(D_err, dtype=np.float64)[ok]
+        if np.all(np.isfinite(e) & (e > 0)):
+            w = y / e
+    if T.size == 2:
+        coef = np.polyfit(x, ln, 1)
+        cov = np.full((2, 2), np.nan)
+    else:
+        coef, cov = np.polyfit(x, ln, 1, w=w, cov="unscaled" if w is not None else True)
+    ea, ln_d0 = float(coef[0]), float(coef[1])
+    ea_err = float(math.sqrt(cov[0, 0])) if np.isfinite(cov[0, 0]) else math.nan
+    ln_err = float(math.sqrt(cov[1, 1])) if np.isfinite(cov[1, 1]) else math.nan
+    d0 = math.exp(ln_d0)
+    return {
+        "Ea_eV": ea,
+        "Ea_err_eV": ea_err,
+        "D0": d0,
+        "D0_err": d0 * ln_err,
+        "T_ref_K": T_ref_K,
+        "D_ref": d0 * math.exp(-ea / (K_B_EV * T_ref_K)),
+        "n_points": int(T.size),
+    }

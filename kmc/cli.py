@@ -1,0 +1,166 @@
+"""The ``kmc`` command.
+
+``kmc run [CONFIG]``          run a configured KMC job set (the embedded default without CONFIG)
+``kmc config``                print the embedded default config (a template)
+``kmc rates show [CATALOG]``  print a catalog as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+from kmc.config import ConfigError, _validate, default_config_text, load_config, set_override
+from rates.catalog import CatalogError, MissingRateError, load_catalog
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run KMC jobs (temperatures x replicas) from a TOML config",
+                       description="Run KMC jobs. Without CONFIG the embedded default runs "
+                                   "(a CsPbI3 nanodomain in CsPbBr3 with defects at 300 K, ~1e6 sites).")
+    p.add_argument("config", nargs="?", help="TOML config file (default: the embedded default)")
+    p.add_argument("--shape", nargs=3, type=int, metavar=("NX", "NY", "NZ"), help="lattice size in unit cells")
+    p.add_argument("--temperature", "-T", nargs="+", type=float, help="temperature(s) in K")
+    p.add_argument("--time", type=float, help="simulated time per run, s")
+    p.add_argument("--events", type=int, help="maximum number of events per run")
+    p.add_argument("--seed", type=int, help="master seed")
+    p.add_argument("--catalog", help="rate catalog file ('default' for the embedded one)")
+    p.add_argument("--replicas", type=int, help="independent runs per temperature")
+    p.add_argument("--workers", type=int, help="parallel processes")
+    p.add_argument("--observations", type=int, help="observations per run")
+    p.add_argument("--vacancies", type=int, help="number of vacancies")
+    p.add_argument("--interstitials", type=int, help="number of split interstitials")
+    p.add_argument("--out", "-o", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue interrupted jobs from their checkpoints")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+
+
+def cmd_run(args) -> int:
+    from kmc.runner import run_all
+
+    cfg = load_config(args.config)
+    overrides = {
+        "lattice.shape": list(args.shape) if args.shape else None,
+        "run.temperatures_K": args.temperature,
+        "run.time_s": args.time,
+        "run.max_events": args.events,
+        "run.seed": args.seed,
+        "run.catalog": args.catalog,
+        "run.replicas": args.replicas,
+        "run.workers": args.workers,
+        "run.n_observations": args.observations,
+        "defects.vacancies": args.vacancies,
+        "defects.interstitials": args.interstitials,
+        "output.directory": args.out,
+    }
+    for key, val in overrides.items():
+        if val is not None:
+            set_override(cfg, key, val)
+    if args.no_plots:
+        set_override(cfg, "output.plots", False)
+    _validate(cfg)
+    summary = run_all(cfg, resume=args.resume, progress=True)
+    _print_summary(summary)
+    print(f"\nwrote {cfg['output']['directory']}/summary.json")
+    return 0
+
+
+def _fmt(v, err=None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if err is None or (isinstance(err, float) and math.isnan(err)):
+        return f"{v:.3e}"
+    return f"{v:.3e} +- {err:.1e}"
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"{'T (K)':>7} {'runs':>4} {'events/run':>11} {'t/run (s)':>10}  "
+          f"{'D_Eq1 all (cm2/s)':>24} {'D_Eq1 I':>24} {'D_Eq1 Br':>24}")
+    for e in summary["per_temperature"]:
+        D = e["D_eq1_per_defect_cm2_s"]
+        print(f"{e['temperature_K']:7g} {e['replicas']:4d} {sum(e['n_events']) / len(e['n_events']):11.3e} "
+              f"{e['time_s'][0]:10.3e}  {_fmt(D['all']['mean'], D['all']['sem']):>24} "
+              f"{_fmt(D['I']['mean'], D['I']['sem']):>24} {_fmt(D['Br']['mean'], D['Br']['sem']):>24}")
+        for kind, v in e["D_defect_cm2_s"].items():
+            print(f"{'':7} defect D ({kind}): {_fmt(v['mean'], v['sem'])} cm2/s")
+        for m in e["mixing_final"]:
+            if m["domain_halides_outside"] or m["matrix_halides_inside"]:
+                print(f"{'':7} mixing: {m['domain_halides_outside']} domain halides outside, "
+                      f"{m['matrix_halides_inside']} matrix halides inside")
+    for key, fit in summary.get("arrhenius", {}).items():
+        if "Ea_eV" in fit:
+            print(f"Arrhenius {key}: Ea = {_fmt(fit['Ea_eV'], fit['Ea_err_eV'])} eV, D0 = {_fmt(fit['D0'])} cm2/s, "
+                  f"D(300 K) = {_fmt(fit['D_ref'])} cm2/s")
+
+
+def cmd_config(args) -> int:
+    sys.stdout.write(default_config_text())
+    return 0
+
+
+def cmd_rates_show(args) -> int:
+    from lattice.environment import class_label
+
+    cat = load_catalog(args.catalog)
+    print(f"catalog: {cat.name}  (sha256 {cat.sha256()[:16]})")
+    if cat.description:
+        print(cat.description)
+    print(f"temperature range: {cat.temperature_range_K[0]:g}-{cat.temperature_range_K[1]:g} K; "
+          f"lattice constants: I {cat.lattice_constant_A['I']} A, Br {cat.lattice_constant_A['Br']} A")
+    print("\nbridge energies (eV):", ", ".join(f"{n} {v:+.4f}" for n, v in zip(("II", "IBr", "BrBr"), cat.bridge_eV)))
+    names = ("I", "Br", "V", "B")
+    pairs = [f"{names[a]}-{names[b]} {cat.pair_eV[a, b]:+.4f}" for a in range(4) for b in range(a, 4)
+             if cat.pair_eV[a, b] != 0]
+    print("pair energies (eV):", ", ".join(pairs) if pairs else "all zero")
+    print(f"\n{'id':>4} {'class':<22} {'E_KRA (eV)':>12} {'+-':>7} {'prefactor (Hz)':>15}  source")
+    for c in range(cat.E_KRA_eV.size):
+        if cat.present[c]:
+            err = cat.E_KRA_err_eV[c]
+            print(f"{c:4d} {class_label(c):<22} {cat.E_KRA_eV[c]:12.4f} {'' if math.isnan(err) else f'{err:7.3f}':>7} "
+                  f"{cat.prefactor_Hz[c]:15.3e}  {cat.class_source[c]}")
+    missing = int((~cat.present).sum())
+    if missing:
+        print(f"\n{missing} classes have no entry")
+    if args.json:
+        print(json.dumps(cat.to_dict(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmc", description="Halide-defect KMC for CsPb(I_x Br_1-x)_3 perovskites")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    sub.add_parser("config", help="print the embedded default config")
+    rates = sub.add_parser("rates", help="rate catalogs")
+    rsub = rates.add_subparsers(dest="rates_command", required=True)
+    show = rsub.add_parser("show", help="print a catalog as a table")
+    show.add_argument("catalog", nargs="?", default="default", help="catalog file (default: embedded)")
+    show.add_argument("--json", action="store_true", help="also print the JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "config":
+            return cmd_config(args)
+        if args.command == "rates" and args.rates_command == "show":
+            return cmd_rates_show(args)
+    except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError) as exc:
+        print(f"kmc: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error("unknown command")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

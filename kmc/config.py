@@ -1,0 +1,192 @@
+"""Run configuration: TOML file + command-line overrides -> a validated, resolved dict.
+
+Sections and keys (defaults in brackets)::
+
+    [lattice]        shape = [nx, ny, nz]             unit cells (required)
+                     lattice_constant_A = "vegard"    or a number (angstrom)
+    [configuration]  kind = "pure" | "random" | "heterojunction" | "nanodomain"
+                     species = "I"                    (pure)
+                     x_I = 0.5                        (random)
+                     thickness_I, thickness_Br = 8, 8; interface = "I-rich"; axis = "x"  (heterojunction)
+                     domain_species = "I"; domain_size = 4; origin = [..] (nanodomain)
+    [defects]        vacancies = 0; interstitials = 0
+                     placement = "random" | "domain" | "matrix" | "interface" | "region:I" | "region:Br" | [sites]
+                     added_species = "same" | "I" | "Br"
+    [run]            temperatures_K = [300.0]; time_s (required unless max_events); max_events
+                     n_observations = 100; replicas = 1; seed = 0; catalog = "default"
+                     workers = 1; checkpoint_every_wall_s = 60.0; event_log = 0
+    [output]         directory = "kmc_run"; plots = true
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from importlib import resources
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from lattice.configurations import BUILDERS, INTERFACE_TYPES
+from lattice.defects import PLACEMENTS
+
+DEFAULTS: dict = {
+    "lattice": {"shape": None, "lattice_constant_A": "vegard"},
+    "configuration": {"kind": "pure", "species": "I", "x_I": 0.5, "thickness_I": 8, "thickness_Br": 8,
+                      "interface": "I-rich", "axis": "x", "domain_species": "I", "domain_size": 4,
+                      "origin": None},
+    "defects": {"vacancies": 0, "interstitials": 0, "placement": "random", "added_species": "same"},
+    "run": {"temperatures_K": [300.0], "time_s": None, "max_events": None, "n_observations": 100,
+            "replicas": 1, "seed": 0, "catalog": "default", "workers": 1, "checkpoint_every_wall_s": 60.0,
+            "event_log": 0},
+    "output": {"directory": "kmc_run", "plots": True},
+}
+
+# keys of each configuration kind that are passed to its builder
+KIND_KEYS = {
+    "pure": ("species",),
+    "random": ("x_I",),
+    "heterojunction": ("thickness_I", "thickness_Br", "interface", "axis"),
+    "nanodomain": ("domain_species", "domain_size", "origin", "axis"),
+}
+
+
+class ConfigError(ValueError):
+    """Invalid run configuration; the message names the field."""
+
+
+def default_config_text() -> str:
+    """The embedded default configuration (TOML text)."""
+    return resources.files("kmc").joinpath("data/default.toml").read_text()
+
+
+def load_config(path: str | Path | None) -> dict:
+    """Read a TOML config file (the embedded default if ``path`` is None) and resolve it."""
+    if path is None:
+        raw = tomllib.loads(default_config_text())
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return resolve(raw)
+
+
+def resolve(raw: dict) -> dict:
+    """Merge ``raw`` over :data:`DEFAULTS` and validate every field."""
+    cfg = copy.deepcopy(DEFAULTS)
+    for section, values in raw.items():
+        if section not in cfg:
+            raise ConfigError(f"unknown config section [{section}]; valid sections are {sorted(cfg)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, val in values.items():
+            if key not in cfg[section]:
+                raise ConfigError(f"unknown key {key!r} in [{section}]; valid keys are {sorted(cfg[section])}")
+            cfg[section][key] = val
+    _validate(cfg)
+    return cfg
+
+
+def set_override(cfg: dict, dotted: str, value) -> None:
+    """Set ``section.key`` in a resolved config (CLI overrides); re-validate afterwards."""
+    section, _, key = dotted.partition(".")
+    if section not in cfg or key not in cfg[section]:
+        raise ConfigError(f"unknown config field {dotted!r}")
+    cfg[section][key] = value
+
+
+def _int(v, name: str, lo: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def _num(v, name: str, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {v!r}")
+    if positive and not v > 0:
+        raise ConfigError(f"{name} must be > 0, got {v}")
+    return float(v)
+
+
+def _validate(cfg: dict) -> None:
+    lat = cfg["lattice"]
+    shape = lat["shape"]
+    if not (isinstance(shape, list) and len(shape) == 3):
+        raise ConfigError(f"lattice.shape must be a list of 3 cell counts, got {shape!r}")
+    for n, v in enumerate(shape):
+        _int(v, f"lattice.shape[{n}]", lo=2)
+    a = lat["lattice_constant_A"]
+    if a != "vegard":
+        _num(a, "lattice.lattice_constant_A", positive=True)
+    conf = cfg["configuration"]
+    if conf["kind"] not in BUILDERS:
+        raise ConfigError(f"unknown configuration.kind {conf['kind']!r}; valid kinds are {sorted(BUILDERS)}")
+    if conf["interface"] not in INTERFACE_TYPES:
+        raise ConfigError(f"unknown configuration.interface {conf['interface']!r}; valid: {list(INTERFACE_TYPES)}")
+    for key in ("species", "domain_species"):
+        if conf[key] not in ("I", "Br"):
+            raise ConfigError(f"unknown species configuration.{key} = {conf[key]!r}; valid species are ['I', 'Br']")
+    dfc = cfg["defects"]
+    _int(dfc["vacancies"], "defects.vacancies", lo=0)
+    _int(dfc["interstitials"], "defects.interstitials", lo=0)
+    if dfc["vacancies"] + dfc["interstitials"] == 0:
+        raise ConfigError("a KMC run needs at least one defect: set defects.vacancies or defects.interstitials")
+    pl = dfc["placement"]
+    if isinstance(pl, str):
+        if pl not in PLACEMENTS:
+            raise ConfigError(f"unknown defects.placement {pl!r}; valid placements are {list(PLACEMENTS)} or a list of sites")
+    elif not (isinstance(pl, list) and all(isinstance(v, int) for v in pl)):
+        raise ConfigError("defects.placement must be a placement name or a list of site indices")
+    if dfc["added_species"] not in ("same", "I", "Br"):
+        raise ConfigError(f"unknown defects.added_species {dfc['added_species']!r}; valid: ['same', 'I', 'Br']")
+    run = cfg["run"]
+    temps = run["temperatures_K"]
+    if isinstance(temps, (int, float)) and not isinstance(temps, bool):
+        temps = run["temperatures_K"] = [float(temps)]
+    if not (isinstance(temps, list) and temps):
+        raise ConfigError("run.temperatures_K must be a non-empty list of temperatures")
+    run["temperatures_K"] = [_num(t, "run.temperatures_K[]", positive=True) for t in temps]
+    if run["time_s"] is None and run["max_events"] is None:
+        raise ConfigError("set a budget: run.time_s (simulated seconds) and/or run.max_events")
+    if run["time_s"] is not None:
+        run["time_s"] = _num(run["time_s"], "run.time_s", positive=True)
+    if run["max_events"] is not None:
+        _int(run["max_events"], "run.max_events", lo=1)
+    _int(run["n_observations"], "run.n_observations", lo=2)
+    _int(run["replicas"], "run.replicas", lo=1)
+    _int(run["seed"], "run.seed", lo=0)
+    _int(run["workers"], "run.workers", lo=1)
+    _int(run["event_log"], "run.event_log", lo=0)
+    _num(run["checkpoint_every_wall_s"], "run.checkpoint_every_wall_s", positive=True)
+    if not isinstance(run["catalog"], str):
+        raise ConfigError("run.catalog must be 'default' or a path to a catalog file")
+    out = cfg["output"]
+    if not isinstance(out["directory"], str) or not out["directory"]:
+        raise ConfigError("output.directory must be a non-empty path")
+    if not isinstance(out["plots"], bool):
+        raise ConfigError("output.plots must be true or false")
+
+
+def builder_kwargs(cfg: dict) -> dict:
+    """Arguments for :func:`lattice.build_configuration` (without lattice/kind/seed)."""
+    conf = cfg["configuration"]
+    kw = {k: conf[k] for k in KIND_KEYS[conf["kind"]]}
+    if conf["kind"] == "nanodomain" and kw.get("origin") is None:
+        kw.pop("origin")
+    return kw
+
+
+def physics_fingerprint(cfg: dict) -> dict:
+    """The part of a config that determines a trajectory (used to refuse mismatched resumes)."""
+    run = {k: v for k, v in cfg["run"].items() if k not in ("workers", "checkpoint_every_wall_s")}
+    return {"lattice": cfg["lattice"], "configuration": cfg["configuration"], "defects": cfg["defects"], "run": run}

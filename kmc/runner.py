@@ -1,0 +1,446 @@
+"""Running a resolved config: jobs (temperature x replica), run files, checkpoints, summary.
+
+Files written under ``output.directory``::
+
+    config.resolved.json       the resolved config and provenance
+    runs/T<T>_r<r>.h5          one HDF5 run file per job (see RUN_FILE_LAYOUT)
+    runs/T<T>_r<r>.ckpt.h5     checkpoint while a job runs (removed when it completes)
+    summary.json               diffusion coefficients, profiles, mixing counts, Arrhenius fits
+    *.png                      plots
+
+A killed run restarted with ``--resume`` continues every job from its last
+checkpoint and gives the same result as an uninterrupted run; a checkpoint
+whose config or catalog differs is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from kmc import analysis
+from kmc.config import builder_kwargs, physics_fingerprint
+from kmc.simulation import Simulation
+from lattice import HalideSublattice, build_configuration, place_defects
+from lattice.species import BRIDGE_NAMES, HALIDES
+from rates.catalog import RateCatalog, load_catalog
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "halide-kmc-run"
+RUN_SCHEMA_VERSION = 1
+RUN_FILE_LAYOUT = """
+attrs: format, schema_version, config_json, fingerprint_json, provenance_json, catalog_json,
+       catalog_sha256, temperature_K, replica, seed_entropy, seed_spawn_key, lattice_constant_A,
+       units_json, complete, stopped_by, n_defects_json
+obs/time_s (n,) float64                simulated time of each observation, s
+obs/n_events (n,) int64                events executed
+obs/msd_species (n, 2) int64           sum over all I / Br atoms of |r(t) - r(0)|^2, (a/2)^2
+obs/msd_defect (n, 2) int64            sum over vacancies / interstitials of their |R(t) - R(0)|^2, (a/2)^2
+obs/mixing (n, 2) int64                domain halides outside / matrix halides inside the nanodomain
+obs/plane_count (n, 2, P) int64        I / Br atoms per halide plane along the profile axis
+obs/occ_time (n, 4, P) float64         cumulative defect residence per plane (V, II, IBr, BrBr), s
+obs/wall_s (n,) float64                wall-clock seconds since the job started
+final/hop_count (104,) int64           hops per environment class
+final/occ (n_sites,) int8              final site states
+final/def_disp (n_def, 3) int64        defect displacements, (a/2)
+final/def_kind (n_def,) int8
+events/*                               optional hop log: time_s, defect, from_site, to_site, hop_class
+"""
+OBS_KEYS = ("time_s", "n_events", "msd_species", "msd_defect", "mixing", "plane_count", "occ_time", "wall_s")
+
+
+# ----------------------------------------------------------------------------
+# provenance
+# ----------------------------------------------------------------------------
+def _git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        rev = out.stdout.strip()
+        if out.returncode == 0 and rev:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def provenance() -> dict:
+    """Versions, git revision, host and time (recorded in every artifact)."""
+    import numba
+
+    from kmc import __version__
+
+    return {
+        "package": "halide-kmc",
+        "package_version": __version__,
+        "git_revision": _git_revision(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "h5py": h5py.__version__,
+        "platform": platform.platform(),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+UNITS = {"time": "s", "temperature": "K", "length": "angstrom", "msd_raw": "(a/2)^2",
+         "D": "cm^2/s", "energy": "eV"}
+
+
+# ----------------------------------------------------------------------------
+# jobs
+# ----------------------------------------------------------------------------
+def job_name(temperature_K: float, replica: int) -> str:
+    return f"T{temperature_K:g}_r{replica}"
+
+
+def build_inputs(cfg: dict, t_index: int, replica: int):
+    """Configuration, defects and seeds of job (t_index, replica); deterministic in ``run.seed``."""
+    seed = int(cfg["run"]["seed"])
+    ss_cfg = np.random.SeedSequence(seed, spawn_key=(t_index, replica, 0))
+    ss_kmc = np.random.SeedSequence(seed, spawn_key=(t_index, replica, 1))
+    lat = HalideSublattice(tuple(cfg["lattice"]["shape"]))
+    kind = cfg["configuration"]["kind"]
+    kwargs = builder_kwargs(cfg)
+    rng_cfg = np.random.default_rng(ss_cfg)
+    if kind == "random":
+        kwargs["seed"] = rng_cfg
+    config = build_configuration(lat, kind, **kwargs)
+    d = cfg["defects"]
+    defects = place_defects(config, d["vacancies"], d["interstitials"], where=d["placement"],
+                            added_species=d["added_species"], seed=rng_cfg)
+    return config, defects, ss_kmc
+
+
+def lattice_constant(cfg: dict, catalog: RateCatalog, x_I: float) -> float:
+    a = cfg["lattice"]["lattice_constant_A"]
+    return catalog.lattice_constant(x_I) if a == "vegard" else float(a)
+
+
+def _write_h5_atomic(path: Path, attrs: dict, groups: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        for gname, arrays in groups.items():
+            g = f.require_group(gname)
+            for k, v in arrays.items():
+                v = np.asarray(v)
+                kw = {"compression": "gzip", "compression_opts": 1} if v.size > 4096 else {}
+                g.create_dataset(k, data=v, **kw)
+    os.replace(tmp, path)
+
+
+def _read_group(f: h5py.File, name: str) -> dict:
+    return {k: f[name][k][()] for k in f[name]} if name in f else {}
+
+
+class _ObsBuffer:
+    def __init__(self):
+        self.rows: dict[str, list] = {k: [] for k in OBS_KEYS}
+
+    def add(self, **row):
+        for k in OBS_KEYS:
+            self.rows[k].append(np.asarray(row[k]))
+
+    def arrays(self) -> dict:
+        return {k: np.stack(v) if v else np.zeros(0) for k, v in self.rows.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "_ObsBuffer":
+        ob = cls()
+        n = len(arrays.get("time_s", []))
+        for k in OBS_KEYS:
+            ob.rows[k] = [arrays[k][i] for i in range(n)]
+        return ob
+
+    def __len__(self):
+        return len(self.rows["time_s"])
+
+
+def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progress: bool = False) -> dict:
+    """Run (or resume, or reuse) one job and return its summary row."""
+    out_dir = Path(cfg["output"]["directory"]) / "runs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    T = cfg["run"]["temperatures_K"][t_index]
+    name = job_name(T, replica)
+    final_path = out_dir / f"{name}.h5"
+    ckpt_path = out_dir / f"{name}.ckpt.h5"
+    catalog = load_catalog(cfg["run"]["catalog"])
+    fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
+    cat_hash = catalog.sha256()
+
+    def _check(f: h5py.File, what: str) -> None:
+        if f.attrs.get("fingerprint_json") != fingerprint:
+            raise ValueError(f"refusing to resume from {what} {f.filename}: it was made with a different config")
+        if f.attrs.get("catalog_sha256") != cat_hash:
+            raise ValueError(f"refusing to resume from {what} {f.filename}: it was made with a different catalog")
+
+    if final_path.exists():
+        if not resume:
+            raise FileExistsError(f"{final_path} exists: use --resume to reuse finished jobs, or another output directory")
+        with h5py.File(final_path, "r") as f:
+            _check(f, "run file")
+        log.info("%s: already complete, reusing %s", name, final_path)
+        return summarize_run_file(final_path)
+
+    config, defects, ss_kmc = build_inputs(cfg, t_index, replica)
+    warnings = catalog.check_temperature(T)
+    for w in warnings:
+        log.warning("%s: %s", name, w)
+    sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg["run"]["event_log"])
+    a_A = lattice_constant(cfg, catalog, config.x_I)
+    obs = _ObsBuffer()
+    wall0 = time.perf_counter()
+    wall_before = 0.0
+    stopped_by = None
+
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt_path} exists from an interrupted run: use --resume to continue it")
+        with h5py.File(ckpt_path, "r") as f:
+            _check(f, "checkpoint")
+            arrays = _read_group(f, "state")
+            scalars = json.loads(f.attrs["scalars_json"])
+            obs = _ObsBuffer.from_arrays(_read_group(f, "obs"))
+            wall_before = float(f.attrs["wall_s"])
+        sim.set_checkpoint({"arrays": arrays, "scalars": scalars})
+        log.info("%s: resumed at t = %.4g s after %d observations", name, sim.time_s, len(obs))
+
+    n_obs = int(cfg["run"]["n_observations"])
+    time_s = cfg["run"]["time_s"]
+    max_events = cfg["run"]["max_events"]
+    chunk_events = None if max_events is None else max(1, int(math.ceil(max_events / n_obs)))
+
+    attrs = {
+        "format": RUN_FORMAT,
+        "schema_version": RUN_SCHEMA_VERSION,
+        "config_json": json.dumps(cfg, sort_keys=True),
+        "fingerprint_json": fingerprint,
+        "provenance_json": json.dumps(provenance(), sort_keys=True),
+        "catalog_json": json.dumps(catalog.to_dict(), sort_keys=True),
+        "catalog_sha256": cat_hash,
+        "temperature_K": T,
+        "replica": replica,
+        "seed_entropy": int(cfg["run"]["seed"]),
+        "seed_spawn_key": json.dumps([t_index, replica, 1]),
+        "lattice_constant_A": a_A,
+        "units_json": json.dumps(UNITS),
+        "n_defects_json": json.dumps({"vacancy": defects.n_vacancies, "interstitial": defects.n_interstitials}),
+        "configuration_json": json.dumps(config.describe(), sort_keys=True),
+        "warnings_json": json.dumps(warnings),
+    }
+
+    def observe():
+        sim.flush_occupancy()
+        st = sim.state
+        obs.add(time_s=sim.time_s, n_events=sim.n_events, msd_species=st.msd.copy(),
+                msd_defect=sim.defect_msd(), mixing=sim.mixing_counts(), plane_count=st.plane_count.copy(),
+                occ_time=st.occ_time.copy(), wall_s=wall_before + time.perf_counter() - wall0)
+
+    def checkpoint():
+        ck = sim.get_checkpoint()
+        a = dict(attrs)
+        a["scalars_json"] = json.dumps(ck["scalars"])
+        a["wall_s"] = wall_before + time.perf_counter() - wall0
+        _write_h5_atomic(ckpt_path, a, {"state": ck["arrays"], "obs": obs.arrays()})
+
+    if len(obs) == 0:
+        observe()  # t = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_obs, initial=len(obs) - 1, desc=name, unit="obs", leave=False,
+                   disable=not sys.stderr.isatty())
+    last_ckpt = time.perf_counter()
+    every = float(cfg["run"]["checkpoint_every_wall_s"])
+    while len(obs) <= n_obs:
+        k = len(obs)
+        t_stop = math.inf if time_s is None else time_s * k / n_obs
+        budget = None
+        if max_events is not None:
+            left = max_events - sim.n_events
+            budget = left if time_s is not None else min(chunk_events, left)
+            if budget <= 0:
+                stopped_by = "events"
+                break
+        sim.advance(t_stop, budget)
+        observe()
+        if bar is not None:
+            bar.update(1)
+        if time.perf_counter() - last_ckpt > every and len(obs) <= n_obs:
+            checkpoint()
+            last_ckpt = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    stopped_by = stopped_by or ("time" if time_s is not None and sim.time_s >= time_s else "events")
+
+    st = sim.state
+    final = {"hop_count": st.hop_count, "occ": st.occ, "def_disp": st.def_disp, "def_kind": st.def_kind,
+             "def_site": st.def_site}
+    groups = {"obs": obs.arrays(), "final": final}
+    if cfg["run"]["event_log"]:
+        groups["events"] = sim.event_log()
+    attrs["complete"] = True
+    attrs["stopped_by"] = stopped_by
+    attrs["wall_s"] = wall_before + time.perf_counter() - wall0
+    _write_h5_atomic(final_path, attrs, groups)
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    log.info("%s: %d events, t = %.4g s, %.1f s wall", name, sim.n_events, sim.time_s, attrs["wall_s"])
+    return summarize_run_file(final_path)
+
+
+# ----------------------------------------------------------------------------
+# per-job and overall summaries
+# ----------------------------------------------------------------------------
+def summarize_run_file(path: str | Path) -> dict:
+    """Diffusion coefficients and counts of one run file (JSON-ready)."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != RUN_FORMAT:
+            raise ValueError(f"{path} is not a {RUN_FORMAT} file")
+        T = float(f.attrs["temperature_K"])
+        a_A = float(f.attrs["lattice_constant_A"])
+        ndef = json.loads(f.attrs["n_defects_json"])
+        obs = _read_group(f, "obs")
+        final = _read_group(f, "final")
+        row = {"file": str(path), "temperature_K": T, "replica": int(f.attrs["replica"]),
+               "lattice_constant_A": a_A, "n_defects": ndef, "stopped_by": str(f.attrs["stopped_by"]),
+               "wall_s": float(f.attrs["wall_s"])}
+    fac = analysis.half_lattice_sq_to_cm2(a_A)
+    t = obs["time_s"]
+    n_tot = ndef["vacancy"] + ndef["interstitial"]
+    row["time_s"] = float(t[-1])
+    row["n_events"] = int(obs["n_events"][-1])
+    D = {}
+    D_blocks = {}
+    for s, sp in enumerate(HALIDES):
+        y = obs["msd_species"][:, s] * fac / n_tot
+        D[sp] = analysis.slope_D(t, y)
+        D_blocks[sp] = analysis.block_D(t, y)
+    y_all = obs["msd_species"].sum(axis=1) * fac / n_tot
+    D["all"] = analysis.slope_D(t, y_all)
+    D_blocks["all"] = analysis.block_D(t, y_all)
+    row["D_eq1_per_defect_cm2_s"] = D
+    row["D_eq1_blocks_cm2_s"] = {k: {"mean": v[0], "sem": v[1]} for k, v in D_blocks.items()}
+    Dd = {}
+    for k, kind in enumerate(("vacancy", "interstitial")):
+        if ndef[kind]:
+            Dd[kind] = analysis.slope_D(t, obs["msd_defect"][:, k] * fac / ndef[kind])
+    row["D_defect_cm2_s"] = Dd
+    row["hops_per_class"] = {int(c): int(n) for c, n in enumerate(final["hop_count"]) if n}
+    row["mixing_final"] = {"domain_halides_outside": int(obs["mixing"][-1, 0]),
+                           "matrix_halides_inside": int(obs["mixing"][-1, 1])}
+    row["occ_time_per_plane_s"] = obs["occ_time"][-1].tolist()
+    row["plane_count_final"] = obs["plane_count"][-1].tolist()
+    return row
+
+
+def aggregate(cfg: dict, rows: list[dict]) -> dict:
+    """Mean +- standard error over replicas per temperature, and Arrhenius fits."""
+    temps = cfg["run"]["temperatures_K"]
+    per_T = []
+    for T in temps:
+        rs = [r for r in rows if r["temperature_K"] == T]
+        entry = {"temperature_K": T, "replicas": len(rs), "time_s": [r["time_s"] for r in rs],
+                 "n_events": [r["n_events"] for r in rs]}
+        for key in ("D_eq1_per_defect_cm2_s", "D_defect_cm2_s"):
+            out = {}
+            for sub in sorted({k for r in rs for k in r[key]}):
+                vals = [r[key].get(sub) for r in rs]
+                m, e, n = analysis.mean_sem(vals)
+                if n == 1 and key == "D_eq1_per_defect_cm2_s":
+                    e = rs[0]["D_eq1_blocks_cm2_s"][sub]["sem"]  # single run: block error
+                out[sub] = {"mean": m, "sem": e, "n": n, "values": vals}
+            entry[key] = out
+        occ = np.sum([np.asarray(r["occ_time_per_plane_s"]) for r in rs], axis=0)
+        entry["occupancy_time_per_plane_s"] = {name: occ[i].tolist() for i, name in
+                                              enumerate(("vacancy",) + tuple(f"bridge_{b}" for b in BRIDGE_NAMES))}
+        entry["mixing_final"] = [r["mixing_final"] for r in rs]
+        hop = {}
+        for r in rs:
+            for c, n in r["hops_per_class"].items():
+                hop[int(c)] = hop.get(int(c), 0) + n
+        entry["hops_per_class"] = hop
+        per_T.append(entry)
+    summary = {"per_temperature": per_T, "runs": rows}
+    if len(temps) >= 2:
+        fits = {}
+        for key in ("D_eq1_per_defect_cm2_s", "D_defect_cm2_s"):
+            for sub in per_T[0][key]:
+                Ds = [e[key].get(sub, {}).get("mean", math.nan) for e in per_T]
+                errs = [e[key].get(sub, {}).get("sem", math.nan) for e in per_T]
+                try:
+                    fits[f"{key}:{sub}"] = analysis.fit_arrhenius(temps, Ds, errs)
+                except ValueError as exc:
+                    fits[f"{key}:{sub}"] = {"error": str(exc)}
+        summary["arrhenius"] = fits
+    return summary
+
+
+def _job_entry(args):
+    cfg, ti, r, resume, progress = args
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_job(cfg, ti, r, resume=resume, progress=progress)
+
+
+def run_all(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
+    """Run every job of ``cfg``, write summary.json (+ plots) and return the summary."""
+    out = Path(cfg["output"]["directory"])
+    out.mkdir(parents=True, exist_ok=True)
+    catalog = load_catalog(cfg["run"]["catalog"])
+    (out / "config.resolved.json").write_text(json.dumps(
+        {"config": cfg, "provenance": provenance(), "catalog_sha256": catalog.sha256(),
+         "catalog_name": catalog.name}, indent=1, sort_keys=True) + "\n")
+    jobs = [(cfg, ti, r, resume, progress) for ti in range(len(cfg["run"]["temperatures_K"]))
+            for r in range(cfg["run"]["replicas"])]
+    workers = min(int(cfg["run"]["workers"]), len(jobs))
+    t0 = time.perf_counter()
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+            rows = list(ex.map(_job_entry, [(c, ti, r, res, False) for (c, ti, r, res, _p) in jobs]))
+    else:
+        rows = [run_job(c, ti, r, resume=res, progress=p) for (c, ti, r, res, p) in jobs]
+    summary = aggregate(cfg, rows)
+    summary["provenance"] = provenance()
+    summary["catalog"] = {"name": catalog.name, "sha256": catalog.sha256(), "source": cfg["run"]["catalog"]}
+    summary["config"] = cfg
+    summary["units"] = UNITS
+    summary["wall_s"] = time.perf_counter() - t0
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
+    if cfg["output"]["plots"]:
+        from kmc import plots
+
+        plots.make_all(out, cfg, summary)
+    return summary
+
+
+def _clean(o):
+    """JSON-ready copy: numpy scalars/arrays to Python, NaN/inf to None (strict JSON)."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o

@@ -1,0 +1,405 @@
+"""Rate catalog, format version 1.
+
+A catalog is one self-describing JSON file::
+
+    {
+      "format": "halide-kmc-rate-catalog",
+      "schema_version": 1,
+      "name": "...", "description": "...",
+      "descriptor": {"name": "path-shell-nI", "version": 1, "n_classes": 104},
+      "rate_law": {"name": "kra-detailed-balance", "expression": "..."},
+      "units": {"energy": "eV", "prefactor": "Hz", "length": "angstrom", "temperature": "K"},
+      "temperature_range_K": [lo, hi],
+      "lattice_constant_A": {"I": 6.30, "Br": 5.90, "mixing_rule": "vegard"},
+      "energy_model": {
+        "pair_eV":   [{"states": ["V", "I"], "value": 0.0125, "error": 0.005, "source": "..."}, ...],
+        "bridge_eV": [{"bridge": "II", "value": 0.1439, "error": 0.02, "source": "..."}, ...]
+      },
+      "classes": [{"id": 0, "label": "V:I:nI=0", "defect": "vacancy", "mover": "I",
+                   "pair_nI": null, "shell_nI": 0, "E_KRA_eV": 0.108, "E_KRA_err_eV": 0.05,
+                   "prefactor_Hz": 1e12, "prefactor_err_Hz": 1e12, "source": "..."}, ...],
+      "sources": {"source-id": "full reference", ...},
+      "assumptions": ["..."],
+      "provenance": {"created_utc": "...", "generator": "...", "package_version": "...",
+                     "inputs": {"name": "sha256"}}
+    }
+
+Classes may be missing (a catalog fitted to MD covers what MD saw); the engine
+refuses to start when a class that occurs has no entry, and stops with
+:class:`MissingRateError` if one appears later. Pair energies not listed are 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from lattice.environment import (
+    DESCRIPTOR_NAME,
+    DESCRIPTOR_VERSION,
+    N_CLASSES,
+    class_label,
+    decode_class,
+)
+from lattice.species import BRIDGE_NAMES, HALIDES, N_STATES, STATE_NAMES, bridge_code
+
+FORMAT_NAME = "halide-kmc-rate-catalog"
+SCHEMA_VERSION = 1
+RATE_LAW_NAME = "kra-detailed-balance"
+RATE_LAW_EXPRESSION = (
+    "rate = prefactor_Hz * exp(-E_a / (k_B T)), E_a = max(E_KRA(class) + dE/2, dE, 0), "
+    "dE = E(final) - E(initial) from the energy model"
+)
+UNITS = {"energy": "eV", "prefactor": "Hz", "length": "angstrom", "temperature": "K"}
+DEFAULT_CATALOG = "default"
+
+
+class CatalogError(ValueError):
+    """A catalog file is malformed or inconsistent; the message names the field."""
+
+
+class MissingRateError(CatalogError):
+    """A hop class that occurs has no rate in the catalog."""
+
+    def __init__(self, classes, catalog_name: str = "?"):
+        self.classes = sorted(int(c) for c in np.atleast_1d(classes))
+        labels = ", ".join(f"{c} ({class_label(c)})" for c in self.classes[:20])
+        more = "" if len(self.classes) <= 20 else f" and {len(self.classes) - 20} more"
+        super().__init__(
+            f"catalog {catalog_name!r} has no rate for hop class(es) that occur: {labels}{more}"
+        )
+
+
+@dataclass
+class RateCatalog:
+    """Environment-resolved hop rates and the energy model (in memory).
+
+    Attributes
+    ----------
+    name : str
+    E_KRA_eV, E_KRA_err_eV, prefactor_Hz, prefactor_err_Hz : (104,) float64
+        Per hop class; NaN where the catalog has no entry.
+    class_source : list of str
+        Source id per class ("" where missing).
+    pair_eV, pair_err_eV : (4, 4) float64
+        Symmetric pair energies J[state, state] and their errors.
+    pair_source : dict
+        ``(state_a, state_b) -> source id`` for listed pairs.
+    bridge_eV, bridge_err_eV : (3,) float64
+        Bridge energies by number of Br atoms.
+    bridge_source : list of str
+    lattice_constant_A : dict
+        ``{"I": a_I, "Br": a_Br, "mixing_rule": "vegard"}``.
+    temperature_range_K : (2,) float
+    """
+
+    name: str
+    E_KRA_eV: np.ndarray
+    E_KRA_err_eV: np.ndarray
+    prefactor_Hz: np.ndarray
+    prefactor_err_Hz: np.ndarray
+    class_source: list
+    pair_eV: np.ndarray
+    pair_err_eV: np.ndarray
+    pair_source: dict
+    bridge_eV: np.ndarray
+    bridge_err_eV: np.ndarray
+    bridge_source: list
+    lattice_constant_A: dict
+    temperature_range_K: tuple
+    description: str = ""
+    sources: dict = field(default_factory=dict)
+    assumptions: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    # -- queries ------------------------------------------------------------
+    @property
+    def present(self) -> np.ndarray:
+        """(104,) bool: class has an entry."""
+        return ~np.isnan(self.E_KRA_eV)
+
+    def require_classes(self, classes) -> None:
+        """Raise :class:`MissingRateError` if any of ``classes`` has no entry."""
+        classes = np.unique(np.asarray(classes, dtype=np.int64))
+        missing = classes[~self.present[classes]]
+        if missing.size:
+            raise MissingRateError(missing, self.name)
+
+    def lattice_constant(self, x_I: float) -> float:
+        """Lattice constant (angstrom) at iodide fraction ``x_I`` (Vegard's law)."""
+        a_i = float(self.lattice_constant_A["I"])
+        a_br = float(self.lattice_constant_A["Br"])
+        return x_I * a_i + (1.0 - x_I) * a_br
+
+    def check_temperature(self, temperature_K: float) -> list[str]:
+        """Warnings (as text) for a temperature outside the catalog's range."""
+        lo, hi = self.temperature_range_K
+        if not lo <= temperature_K <= hi:
+            return [f"temperature {temperature_K} K lies outside the catalog's range [{lo}, {hi}] K"]
+        return []
+
+    def sha256(self) -> str:
+        """Hash of the canonical JSON form (what a run records and checks on resume)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # -- (de)serialisation ---------------------------------------------------
+    def to_dict(self) -> dict:
+        classes = []
+        for c in range(N_CLASSES):
+            if not self.present[c]:
+                continue
+            d = decode_class(c)
+            classes.append({
+                "id": c,
+                "label": class_label(c),
+                **d,
+                "E_KRA_eV": float(self.E_KRA_eV[c]),
+                "E_KRA_err_eV": _num(self.E_KRA_err_eV[c]),
+                "prefactor_Hz": float(self.prefactor_Hz[c]),
+                "prefactor_err_Hz": _num(self.prefactor_err_Hz[c]),
+                "source": self.class_source[c],
+            })
+        pairs = []
+        for a in range(N_STATES):
+            for b in range(a, N_STATES):
+                key = (STATE_NAMES[a], STATE_NAMES[b])
+                if key in self.pair_source or self.pair_eV[a, b] != 0.0:
+                    pairs.append({
+                        "states": list(key),
+                        "value": float(self.pair_eV[a, b]),
+                        "error": _num(self.pair_err_eV[a, b]),
+                        "source": self.pair_source.get(key, ""),
+                    })
+        bridges = [
+            {"bridge": BRIDGE_NAMES[n], "value": float(self.bridge_eV[n]),
+             "error": _num(self.bridge_err_eV[n]), "source": self.bridge_source[n]}
+            for n in range(3)
+        ]
+        return {
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "descriptor": {"name": DESCRIPTOR_NAME, "version": DESCRIPTOR_VERSION, "n_classes": N_CLASSES},
+            "rate_law": {"name": RATE_LAW_NAME, "expression": RATE_LAW_EXPRESSION},
+            "units": dict(UNITS),
+            "temperature_range_K": [float(v) for v in self.temperature_range_K],
+            "lattice_constant_A": dict(self.lattice_constant_A),
+            "energy_model": {"pair_eV": pairs, "bridge_eV": bridges},
+            "classes": classes,
+            "sources": dict(self.sources),
+            "assumptions": list(self.assumptions),
+            "provenance": copy.deepcopy(self.provenance),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, origin: str = "<dict>") -> "RateCatalog":
+        return _parse(data, origin)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RateCatalog":
+        """Read and validate a catalog file; ``"default"`` loads the embedded one."""
+        if str(path) == DEFAULT_CATALOG:
+            text = resources.files("rates").joinpath("data/default_catalog.json").read_text()
+            origin = "embedded default catalog"
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise CatalogError(f"catalog file {str(p)!r} does not exist")
+            text = p.read_text()
+            origin = str(p)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"{origin}: not valid JSON ({exc})") from None
+        return _parse(data, origin)
+
+
+def load_catalog(path: str | Path = DEFAULT_CATALOG) -> RateCatalog:
+    """Load a catalog file, or the embedded default for ``"default"``."""
+    return RateCatalog.load(path)
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _req(d: dict, key: str, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise CatalogError(f"{where}: missing field {key!r}")
+    return d[key]
+
+
+def _float(v, where: str, allow_none: bool = False) -> float:
+    if v is None and allow_none:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise CatalogError(f"{where}: expected a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise CatalogError(f"{where}: expected a finite number, got {v!r}")
+    return v
+
+
+def _parse(data: dict, origin: str) -> RateCatalog:
+    if not isinstance(data, dict):
+        raise CatalogError(f"{origin}: a catalog must be a JSON object")
+    fmt = _req(data, "format", origin)
+    if fmt != FORMAT_NAME:
+        raise CatalogError(f"{origin}: field 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
+    ver = _req(data, "schema_version", origin)
+    if ver != SCHEMA_VERSION:
+        raise CatalogError(f"{origin}: schema_version {ver!r} is not supported (this package reads {SCHEMA_VERSION})")
+    desc = _req(data, "descriptor", origin)
+    if _req(desc, "name", f"{origin}: descriptor") != DESCRIPTOR_NAME or desc.get("version") != DESCRIPTOR_VERSION:
+        raise CatalogError(
+            f"{origin}: descriptor {desc.get('name')!r} v{desc.get('version')} does not match this package's "
+            f"environment definition {DESCRIPTOR_NAME!r} v{DESCRIPTOR_VERSION}"
+        )
+    law = _req(data, "rate_law", origin)
+    if _req(law, "name", f"{origin}: rate_law") != RATE_LAW_NAME:
+        raise CatalogError(f"{origin}: rate_law {law.get('name')!r} unknown; valid: [{RATE_LAW_NAME!r}]")
+    units = _req(data, "units", origin)
+    for k, v in UNITS.items():
+        if units.get(k) != v:
+            raise CatalogError(f"{origin}: units.{k} is {units.get(k)!r}, expected {v!r}")
+    trange = _req(data, "temperature_range_K", origin)
+    if not (isinstance(trange, list) and len(trange) == 2):
+        raise CatalogError(f"{origin}: temperature_range_K must be [low, high]")
+    lo, hi = (_float(v, f"{origin}: temperature_range_K") for v in trange)
+    if not 0 < lo <= hi:
+        raise CatalogError(f"{origin}: temperature_range_K {trange} must satisfy 0 < low <= high")
+    lat = _req(data, "lattice_constant_A", origin)
+    for sp in HALIDES:
+        a = _float(_req(lat, sp, f"{origin}: lattice_constant_A"), f"{origin}: lattice_constant_A.{sp}")
+        if a <= 0:
+            raise CatalogError(f"{origin}: lattice_constant_A.{sp} must be > 0, got {a}")
+    extra = set(lat) - {"I", "Br", "mixing_rule", "source"}
+    if extra:
+        raise CatalogError(f"{origin}: lattice_constant_A has unknown species {sorted(extra)}; valid: ['I', 'Br']")
+    if lat.get("mixing_rule", "vegard") != "vegard":
+        raise CatalogError(f"{origin}: lattice_constant_A.mixing_rule {lat.get('mixing_rule')!r} unknown; valid: ['vegard']")
+
+    # energy model
+    em = _req(data, "energy_model", origin)
+    pair = np.zeros((N_STATES, N_STATES))
+    pair_err = np.full((N_STATES, N_STATES), np.nan)
+    pair_src: dict = {}
+    for n, entry in enumerate(_req(em, "pair_eV", f"{origin}: energy_model")):
+        where = f"{origin}: energy_model.pair_eV[{n}]"
+        states = _req(entry, "states", where)
+        if not (isinstance(states, list) and len(states) == 2):
+            raise CatalogError(f"{where}: 'states' must be a list of two site states")
+        idx = []
+        for st in states:
+            if st not in STATE_NAMES:
+                raise CatalogError(f"{where}: unknown site state {st!r}; valid states are {list(STATE_NAMES)}")
+            idx.append(STATE_NAMES.index(st))
+        a, b = sorted(idx)
+        key = (STATE_NAMES[a], STATE_NAMES[b])
+        if key in pair_src:
+            raise CatalogError(f"{where}: pair {list(key)} listed twice")
+        v = _float(_req(entry, "value", where), f"{where}.value")
+        e = _float(entry.get("error"), f"{where}.error", allow_none=True)
+        pair[a, b] = pair[b, a] = v
+        pair_err[a, b] = pair_err[b, a] = e
+        pair_src[key] = str(entry.get("source", ""))
+    bridge = np.full(3, np.nan)
+    bridge_err = np.full(3, np.nan)
+    bridge_src = [""] * 3
+    for n, entry in enumerate(_req(em, "bridge_eV", f"{origin}: energy_model")):
+        where = f"{origin}: energy_model.bridge_eV[{n}]"
+        try:
+            nb = bridge_code(_req(entry, "bridge", where))
+        except ValueError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
+        if not math.isnan(bridge[nb]):
+            raise CatalogError(f"{where}: bridge {BRIDGE_NAMES[nb]} listed twice")
+        bridge[nb] = _float(_req(entry, "value", where), f"{where}.value")
+        bridge_err[nb] = _float(entry.get("error"), f"{where}.error", allow_none=True)
+        bridge_src[nb] = str(entry.get("source", ""))
+    if np.isnan(bridge).any():
+        missing = [BRIDGE_NAMES[n] for n in range(3) if math.isnan(bridge[n])]
+        raise CatalogError(f"{origin}: energy_model.bridge_eV lacks bridge(s) {missing}")
+
+    # classes
+    e_kra = np.full(N_CLASSES, np.nan)
+    e_err = np.full(N_CLASSES, np.nan)
+    nu = np.full(N_CLASSES, np.nan)
+    nu_err = np.full(N_CLASSES, np.nan)
+    src = [""] * N_CLASSES
+    entries = _req(data, "classes", origin)
+    if not isinstance(entries, list):
+        raise CatalogError(f"{origin}: 'classes' must be a list")
+    for n, entry in enumerate(entries):
+        where = f"{origin}: classes[{n}]"
+        cid = _req(entry, "id", where)
+        if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < N_CLASSES:
+            raise CatalogError(f"{where}: id {cid!r} is not a class of {DESCRIPTOR_NAME!r} (0..{N_CLASSES - 1})")
+        expect = decode_class(cid)
+        for key in ("defect", "mover", "pair_nI", "shell_nI"):
+            if key in entry and entry[key] != expect[key]:
+                if key == "mover" and entry[key] not in HALIDES:
+                    raise CatalogError(f"{where}: unknown species {entry[key]!r}; valid species are {list(HALIDES)}")
+                raise CatalogError(f"{where}: field {key!r} = {entry[key]!r} contradicts class id {cid} ({class_label(cid)})")
+        if not math.isnan(e_kra[cid]):
+            raise CatalogError(f"{where}: class {cid} ({class_label(cid)}) listed twice")
+        e = _float(_req(entry, "E_KRA_eV", where), f"{where}.E_KRA_eV")
+        if e < 0:
+            raise CatalogError(f"{where}: negative barrier E_KRA_eV = {e} for class {class_label(cid)}")
+        p = _float(_req(entry, "prefactor_Hz", where), f"{where}.prefactor_Hz")
+        if p <= 0:
+            raise CatalogError(f"{where}: prefactor_Hz must be > 0, got {p} for class {class_label(cid)}")
+        e_kra[cid] = e
+        nu[cid] = p
+        e_err[cid] = _float(entry.get("E_KRA_err_eV"), f"{where}.E_KRA_err_eV", allow_none=True)
+        nu_err[cid] = _float(entry.get("prefactor_err_Hz"), f"{where}.prefactor_err_Hz", allow_none=True)
+        src[cid] = str(entry.get("source", ""))
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{origin}: field 'name' must be a non-empty string")
+    return RateCatalog(
+        name=name,
+        E_KRA_eV=e_kra,
+        E_KRA_err_eV=e_err,
+        prefactor_Hz=nu,
+        prefactor_err_Hz=nu_err,
+        class_source=src,
+        pair_eV=pair,
+        pair_err_eV=pair_err,
+        pair_source=pair_src,
+        bridge_eV=bridge,
+        bridge_err_eV=bridge_err,
+        bridge_source=bridge_src,
+        lattice_constant_A={k: lat[k] for k in lat},
+        temperature_range_K=(lo, hi),
+        description=str(data.get("description", "")),
+        sources=dict(data.get("sources", {})),
+        assumptions=list(data.get("assumptions", [])),
+        provenance=dict(data.get("provenance", {})),
+    )
+
+
+__all__ = [
+    "CatalogError",
+    "DEFAULT_CATALOG",
+    "FORMAT_NAME",
+    "MissingRateError",
+    "RateCatalog",
+    "SCHEMA_VERSION",
+    "load_catalog",
+]
