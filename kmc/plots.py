@@ -100,8 +100,7 @@ def plot_composition(out: Path, cfg: dict) -> Path:
 
     grid = np.full((2 * lat.shape[0], 2 * lat.shape[1]), np.nan)
     grid[c[sel, 0], c[sel, 1]] = occ[sel]
-    cmap = ListedColormap(["tab:blue", "tab:red", "black", "gold"])
-    cmap.set_bad("white")
+    cmap = ListedColormap(["tab:blue", "tab:red", "black", "gold"]).with_extremes(bad="white")
     a2.imshow(grid.T, origin="lower", cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest",
               extent=(0, lat.shape[0], 0, lat.shape[1]))
     a2.set_title(f"final PbX2 plane z = {zmid / 2:g}: I blue, Br red, vacancy black, bridge gold", fontsize=8)
