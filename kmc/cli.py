@@ -3,6 +3,8 @@
 ``kmc run [CONFIG]``          run a configured KMC job set (the embedded default without CONFIG)
 ``kmc config``                print the embedded default config (a template)
 ``kmc rates show [CATALOG]``  print a catalog as a table
+``kmc md run|analyze ...``    direct MD with LAMMPS and its analysis (needs the ``md`` extra;
+                              defined in :mod:`md_reference.cli`, loaded only for these commands)
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = rsub.add_parser("show", help="print a catalog as a table")
     show.add_argument("catalog", nargs="?", default="default", help="catalog file (default: embedded)")
     show.add_argument("--json", action="store_true", help="also print the JSON")
+    from md_reference.cli import add_md_parser  # argparse only; the MD stack loads on use
+
+    add_md_parser(sub)
     return parser
 
 
@@ -155,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(args)
         if args.command == "rates" and args.rates_command == "show":
             return cmd_rates_show(args)
-    except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError) as exc:
+        if args.command == "md":
+            from md_reference.cli import run_md_command
+
+            return run_md_command(args)
+    except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"kmc: error: {exc}", file=sys.stderr)
         return 2
     parser.error("unknown command")

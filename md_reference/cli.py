@@ -1,0 +1,185 @@
+"""``kmc md ...`` subcommands: direct MD with LAMMPS and its analysis.
+
+``kmc md run``      independent MD runs of one cell with one defect at several temperatures
+``kmc md analyze``  defect tracking, hop events, D (Eq. 1), Arrhenius fits, layer/bridge/mixing statistics
+
+Only :mod:`argparse` is imported here; LAMMPS, ASE and torch load when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def add_md_parser(sub) -> None:
+    md = sub.add_parser("md", help="direct MD with LAMMPS (ReaxFF, Allegro) and its analysis")
+    msub = md.add_subparsers(dest="md_command", required=True)
+
+    p = msub.add_parser(
+        "run", help="run MD of a CsPbX3 cell with one halide defect",
+        description="Independent NVT runs (after an optional NPT measurement of the lattice constant) of a "
+                    "cubic CsPbX3 supercell with one vacancy or split interstitial; one HDF5 trajectory per "
+                    "(temperature, run) in --out.")
+    g = p.add_argument_group("structure")
+    g.add_argument("--structure", default="pure", choices=["pure", "random", "heterojunction", "nanodomain"])
+    g.add_argument("--shape", nargs=3, type=int, default=[4, 4, 4], metavar=("NX", "NY", "NZ"))
+    g.add_argument("--species", default="I", help="pure: the halide (I or Br)")
+    g.add_argument("--x-I", type=float, help="random: iodide fraction")
+    g.add_argument("--thickness-I", type=int, help="heterojunction: I layer thickness (cells)")
+    g.add_argument("--thickness-Br", type=int, help="heterojunction: Br layer thickness (cells)")
+    g.add_argument("--interface", choices=["I-rich", "Br-rich"], help="heterojunction interface type")
+    g.add_argument("--axis", default=None, help="heterojunction stacking axis (x, y, z)")
+    g.add_argument("--domain-species", choices=["I", "Br"], help="nanodomain: halide of the domain")
+    g.add_argument("--domain-size", type=int, help="nanodomain: edge in cells")
+    g.add_argument("--defect", default="interstitial", choices=["interstitial", "vacancy", "none"])
+    g.add_argument("--where", default="random",
+                   help="defect site: a site index or a rule (random, domain, matrix, interface, region:I, region:Br)")
+    g.add_argument("--added-species", default="same", choices=["same", "I", "Br"],
+                   help="halide added for an interstitial")
+    g.add_argument("--lattice-constant", default="vegard",
+                   help="A, 'vegard' (between --a-I and --a-Br) or 'npt' (measured with the potential at each T)")
+    g.add_argument("--a-I", type=float, default=6.30, help="CsPbI3 lattice constant for Vegard (A)")
+    g.add_argument("--a-Br", type=float, default=5.90, help="CsPbBr3 lattice constant for Vegard (A)")
+    g.add_argument("--structure-seed", type=int, default=0, help="seed of the random mix and the defect site")
+    g.add_argument("--vary-structure", action="store_true", help="a different structure seed per run")
+    m = p.add_argument_group("MD")
+    m.add_argument("--potential", required=True,
+                   help="KIND:PATH, e.g. reaxff:/path/IBrPbCs.ff or allegro:/path/model.nequip.zip")
+    m.add_argument("-T", "--temperature", nargs="+", type=float, default=[600.0], help="temperature(s), K")
+    m.add_argument("--runs", type=int, default=1, help="independent runs per temperature")
+    m.add_argument("--ps", type=float, default=20.0, help="production time per run, ps")
+    m.add_argument("--equil-ps", type=float, default=2.0, help="equilibration before recording, ps")
+    m.add_argument("--dt-fs", type=float, default=2.0, help="timestep, fs")
+    m.add_argument("--dump-fs", type=float, default=50.0, help="interval between recorded frames, fs")
+    m.add_argument("--thermostat", default="nose-hoover", choices=["nose-hoover", "langevin"])
+    m.add_argument("--damping-fs", type=float, default=100.0, help="thermostat damping time, fs")
+    m.add_argument("--seed", type=int, default=1, help="master seed of the velocities")
+    m.add_argument("--workers", type=int, default=1, help="parallel processes (one thread each)")
+    m.add_argument("--out", "-o", default="md_runs", help="output folder")
+    m.add_argument("--no-resume", action="store_true", help="start over instead of resuming checkpoints")
+    m.add_argument("--max-wall-s", type=float, help="stop each run at a checkpoint after this wall time")
+
+    a = msub.add_parser("analyze", help="analyse MD trajectories",
+                        description="Track the defect in each trajectory, extract labelled hop events, "
+                                    "compute D by Eq. 1 per species, average over runs per temperature, fit "
+                                    "Arrhenius, and the layer, bridge and mixing statistics. Writes a JSON "
+                                    "summary and plots.")
+    a.add_argument("trajectories", nargs="+", help="trajectory files or folders holding T*_r*.h5")
+    a.add_argument("--out", "-o", help="summary JSON (default: <first folder>/md_analysis.json)")
+    a.add_argument("--plots", help="folder for plots (default: next to the summary)")
+    a.add_argument("--no-plots", action="store_true")
+    a.add_argument("--window-frames", type=int, help="tracker: running-average window (frames)")
+    a.add_argument("--hysteresis-A", type=float, help="tracker: site-switch margin (A)")
+    a.add_argument("--min-dwell-ps", type=float, help="tracker: shortest residence counted as a hop (ps)")
+
+
+def _structure_params(args) -> dict:
+    kind = args.structure
+    if kind == "pure":
+        return {"species": args.species}
+    if kind == "random":
+        if args.x_I is None:
+            raise ValueError("--structure random needs --x-I")
+        return {"x_I": args.x_I}
+    if kind == "heterojunction":
+        if args.thickness_I is None or args.thickness_Br is None:
+            raise ValueError("--structure heterojunction needs --thickness-I and --thickness-Br")
+        out = {"thickness_I": args.thickness_I, "thickness_Br": args.thickness_Br,
+               "interface": args.interface or "I-rich"}
+        if args.axis is not None:
+            out["axis"] = args.axis
+        return out
+    if kind == "nanodomain":
+        if args.domain_species is None or args.domain_size is None:
+            raise ValueError("--structure nanodomain needs --domain-species and --domain-size")
+        return {"domain_species": args.domain_species, "domain_size": args.domain_size}
+    raise ValueError(f"unknown structure {kind!r}")
+
+
+def _steps(ps: float, dt_fs: float, name: str) -> int:
+    n = round(ps * 1000.0 / dt_fs)
+    if abs(n * dt_fs - ps * 1000.0) > 1e-6 * max(1.0, ps * 1000.0):
+        raise ValueError(f"{name} = {ps} ps is not a whole number of {dt_fs} fs steps")
+    return int(n)
+
+
+def cmd_md_run(args) -> int:
+    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
+    from md_reference.runner import MDJob, StructureSpec, run_all  # noqa: PLC0415
+
+    lc = args.lattice_constant
+    if lc not in ("vegard", "npt"):
+        try:
+            lc = float(lc)
+        except ValueError:
+            raise ValueError(f"--lattice-constant must be a number, 'vegard' or 'npt', got {lc!r}") from None
+    where = int(args.where) if str(args.where).lstrip("-").isdigit() else args.where
+    dump_every = _steps(args.dump_fs / 1000.0, args.dt_fs, "--dump-fs")
+    n_steps = _steps(args.ps, args.dt_fs, "--ps")
+    if n_steps % dump_every:
+        raise ValueError(f"--ps ({args.ps} ps) must be a multiple of --dump-fs ({args.dump_fs} fs)")
+    settings = MDSettings(temperature_K=args.temperature[0], timestep_fs=args.dt_fs, n_steps=n_steps,
+                          equilibration_steps=_steps(args.equil_ps, args.dt_fs, "--equil-ps"),
+                          dump_every=dump_every, thermostat=args.thermostat,
+                          thermostat_damping_fs=args.damping_fs, seed=1).validate()
+    job = MDJob(
+        structure=StructureSpec(kind=args.structure, shape=tuple(args.shape), defect=args.defect, where=where,
+                                added_species=args.added_species, lattice_constant=lc,
+                                seed=args.structure_seed, params=_structure_params(args)),
+        potential=args.potential,
+        settings=settings,
+        temperatures_K=tuple(args.temperature),
+        n_runs=args.runs,
+        seed=args.seed,
+        out_dir=args.out,
+        vary_structure=args.vary_structure,
+        a_I_A=args.a_I,
+        a_Br_A=args.a_Br,
+    )
+    # Fail on a bad potential or structure before starting workers.
+    from md_reference.potentials import load_potential  # noqa: PLC0415
+    from md_reference.structures import build_cell  # noqa: PLC0415
+
+    load_potential(job.potential)
+    build_cell(job.structure.kind, job.structure.shape, defect=job.structure.defect, where=where,
+               added_species=job.structure.added_species, lattice_constant=6.0, seed=job.structure.seed,
+               **job.structure.params)
+    logging.getLogger("md_reference").setLevel(logging.INFO)
+    results = run_all(job, workers=args.workers, resume=not args.no_resume, progress=True,
+                      max_wall_s=args.max_wall_s)
+    print(f"{'file':<40} {'status':<18} {'frames':>7} {'ms/step':>8} {'<T> (K)':>8}")
+    for r in sorted(results, key=lambda r: r["path"]):
+        ms = r.get("ms_per_step")
+        tm = r.get("mean_temperature_K")
+        print(f"{r['path']:<40} {r['status']:<18} {r.get('n_frames', ''):>7} "
+              f"{'' if ms is None else f'{ms:8.2f}':>8} {'' if tm is None else f'{tm:8.1f}':>8}")
+    print(f"\nwrote {Path(args.out) / 'job.json'}; analyse with: kmc md analyze {args.out}")
+    return 0
+
+
+def cmd_md_analyze(args) -> int:
+    from md_reference.analyze import analyze_files, expand_paths, print_report  # noqa: PLC0415
+
+    files = expand_paths(args.trajectories)
+    tracker = {k: v for k, v in (("window_frames", args.window_frames), ("hysteresis_A", args.hysteresis_A),
+                                 ("min_dwell_ps", args.min_dwell_ps)) if v is not None}
+    out = Path(args.out) if args.out else files[0].parent / "md_analysis.json"
+    plots = None if args.no_plots else Path(args.plots) if args.plots else out.parent / "md_plots"
+    summary = analyze_files(files, tracker_kwargs=tracker, plots_dir=plots)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    print_report(summary, sys.stdout)
+    print(f"\nwrote {out}" + (f" and plots in {plots}" if plots else ""))
+    return 0
+
+
+def run_md_command(args) -> int:
+    if args.md_command == "run":
+        return cmd_md_run(args)
+    if args.md_command == "analyze":
+        return cmd_md_analyze(args)
+    raise ValueError(f"unknown md command {args.md_command!r}")
