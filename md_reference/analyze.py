@@ -29,6 +29,7 @@ from md_reference.md_analysis import (
     bridge_statistics,
     combine_runs,
     diffusion_by_species,
+    diffusion_eq1,
     layer_occupancy,
     mixing_counts,
     msd_eq1,
@@ -69,6 +70,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def defect_path_A(sites: np.ndarray, lattice, lattice_constant_A: float) -> np.ndarray:
+    """(n_frames, 3) unwrapped path (A) of a defect from its site per frame.
+
+    Each step between consecutive frames is taken as the minimum image of the
+    site displacement (a defect moves at most a few sites between frames).
+    """
+    c = lattice.coords(np.asarray(sites, dtype=np.int64)).astype(np.int64)
+    two_n = 2 * lattice.dims
+    step = np.diff(c, axis=0)
+    step = (step + lattice.dims) % two_n - lattice.dims
+    path = np.concatenate([c[:1], c[:1] + np.cumsum(step, axis=0)])
+    return path * (0.5 * lattice_constant_A)
+
+
 def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> dict:
     """Analysis record of one run (JSON-ready after :func:`to_jsonable`)."""
     sym = traj.symbols
@@ -80,6 +95,10 @@ def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> 
                           traj.lattice_constant_A, framework_positions_A=traj.positions_A[:, fw],
                           **(tracker_kwargs or {}))
     D = diffusion_by_species(traj.positions_A, traj.time_ps, sym, species=SPECIES)
+    D_defect = math.nan
+    if track.n_defects == 1 and np.all(track.defect_site[:, 0] >= 0):
+        path = defect_path_A(track.defect_site[:, 0], traj.lattice, traj.lattice_constant_A)
+        D_defect = diffusion_eq1(path[:, None, :], traj.time_ps)
     lags, msd = msd_eq1(traj.positions_A[:, hal], traj.time_ps)
     rec = {
         "file": traj.path,
@@ -93,6 +112,7 @@ def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> 
         "configuration": traj.configuration.describe(),
         "potential": traj.provenance.get("potential", {}),
         "D_eq1_cm2_s": D,
+        "D_defect_cm2_s": D_defect,
         "msd_X": {"lag_ps": lags, "msd_A2": msd},
         "tracking": track.summary(),
     }
@@ -142,6 +162,7 @@ def _per_temperature(records: list[dict]) -> list[dict]:
             "n_recrossings": int(sum(r["tracking"]["n_recrossings"] for r in rs)),
             "n_complex_frames": int(sum(r["tracking"]["n_complex_frames"] for r in rs)),
             "D_eq1_cm2_s": {sp: combine_runs([r["D_eq1_cm2_s"][sp] for r in rs]) for sp in SPECIES},
+            "D_defect_cm2_s": combine_runs([r["D_defect_cm2_s"] for r in rs]),
             "classes": classes,
         }
         if all("bridge_statistics" in r for r in rs):
@@ -213,6 +234,8 @@ def print_report(summary: dict, stream) -> None:
         w(f"{e['temperature_K']:6g} {e['n_runs']:4d} {e['total_ps']:7.1f} {e['n_hops']:5d}  "
           f"{_fmt(D['X']['mean'], D['X']['sem']):>22} {_fmt(D['I']['mean'], D['I']['sem']):>22} "
           f"{_fmt(D['Br']['mean'], D['Br']['sem']):>22}\n")
+        Dd = e["D_defect_cm2_s"]
+        w(f"{'':6} defect D (tracked path) {_fmt(Dd['mean'], Dd['sem'])} cm2/s\n")
         w(f"{'':6} hops per run {e['n_hops_per_run']}; recrossings {e['n_recrossings']}; "
           f"unclassified {e['n_hops_unclassified']}; complex frames {e['n_complex_frames']}\n")
         for c in e["classes"]:
