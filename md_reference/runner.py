@@ -203,8 +203,7 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
             log.info("%s: resuming at frame %d", path.name, frame)
             sess.run(0)
         else:
-            if settings.equilibration_steps:
-                sess.run(settings.equilibration_steps)
+            sess.run(settings.equilibration_steps)  # also 0: energies are tallied for frame 0
             frame = 0
             _record(writer, sess, 0.0, origin=None)
         # Unwrapped positions are continuous across the equilibration; store them

@@ -61,3 +61,28 @@ def test_md_run_bad_input_is_a_clear_error(capsys):
     assert "--x-I" in capsys.readouterr().err
     rc = main(["md", "analyze", "/no/such/dir"])
     assert rc == 2
+
+
+@pytest.mark.skipif(not REAXFF.is_file(), reason=f"reference ReaxFF file not found at {REAXFF}")
+@pytest.mark.parametrize("structure,extra,key", [
+    ("heterojunction", ["--shape", "4", "2", "2", "--thickness-I", "1", "--thickness-Br", "1",
+                        "--interface", "Br-rich", "--where", "interface", "--defect", "vacancy"], "layer_occupancy"),
+    ("nanodomain", ["--shape", "3", "3", "3", "--domain-species", "I", "--domain-size", "1",
+                    "--where", "domain", "--defect", "interstitial"], "mixing"),
+])
+def test_md_layer_and_mixing_analyses(structure, extra, key, tmp_path):
+    out = tmp_path / structure
+    rc = main(["md", "run", "--potential", f"reaxff:{REAXFF}", "--structure", structure, *extra,
+               "-T", "600", "--ps", "0.1", "--equil-ps", "0", "--dump-fs", "10", "--out", str(out)])
+    assert rc == 0
+    rc = main(["md", "analyze", str(out), "--out", str(tmp_path / "a.json"), "--no-plots"])
+    assert rc == 0
+    s = json.loads((tmp_path / "a.json").read_text())
+    run = s["runs"][0]
+    assert key in run
+    if key == "layer_occupancy":
+        lo = run["layer_occupancy"]
+        assert len(lo["plane"]) == 8 and sum(lo["counts"]) == run["n_frames"]
+    else:
+        mix = run["mixing"]
+        assert len(mix["n_mixed"]) == run["n_frames"]
