@@ -119,7 +119,7 @@ def compare(md_path, catalogs: list[str], out_dir, *, upscale_shape=None, events
             summ = run_all(cfg, resume=False, progress=False)
             kmc_results.append({"catalog": str(cat), "catalog_name": catalog.name, "catalog_sha256": catalog.sha256(),
                                 "cell": label, "shape": shape, "summary": str(sub / "summary.json")})
-            for e_md, e_k in zip(md["per_temperature"], summ["per_temperature"]):
+            for e_md, e_k in zip(md["per_temperature"], summ["per_temperature"], strict=True):
                 defect_kind = "interstitial" if cell["interstitials"] else "vacancy"
                 for sp in (*species, "defect"):
                     if sp == "defect":  # the tracked defect's own path against the KMC defect's

@@ -205,9 +205,9 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
         else:
             sess.run(settings.equilibration_steps)  # also 0: energies are tallied for frame 0
             frame = 0
-            _record(writer, sess, 0.0, origin=None)
-        # Unwrapped positions are continuous across the equilibration; store them
-        # relative to the structure's frame (no shift) so that sites stay at positions_A(a).
+            _record(writer, sess, 0.0)
+        # Unwrapped positions are continuous across the equilibration and stored in the
+        # structure's own frame, where the ideal sites are lattice.positions_A(a).
         last_report = time.time()
         t_loop = time.time()
         frames_done = 0
@@ -216,7 +216,7 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
             step += settings.dump_every
             frame += 1
             frames_done += 1
-            _record(writer, sess, step * settings.timestep_fs / 1000.0, origin=None)
+            _record(writer, sess, step * settings.timestep_fs / 1000.0)
             out_of_time = max_wall_s is not None and time.time() - t_start > max_wall_s
             if frame % job.checkpoint_every_frames == 0 or frame == n_frames_total or out_of_time:
                 writer.save_checkpoint(step, sess.positions(), _get_velocities(sess), sess.cell_lengths())
@@ -247,7 +247,7 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
     return {"path": str(path), "status": "done", **summary}
 
 
-def _record(writer: TrajectoryWriter, sess: LammpsSession, time_ps: float, origin) -> None:
+def _record(writer: TrajectoryWriter, sess: LammpsSession, time_ps: float) -> None:
     writer.append(sess.positions(unwrapped=True), time_ps, sess.cell_lengths(), sess.energy_eV(),
                   sess.temperature_K())
 

@@ -22,7 +22,7 @@ if not _OK:
 from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: E402
 from md_reference.potentials import KCAL_MOL_TO_EV, PotentialError, load_potential  # noqa: E402
 from md_reference.runner import MDJob, StructureSpec, run_md  # noqa: E402
-from md_reference.structures import build_atoms, build_cell  # noqa: E402
+from md_reference.structures import build_cell  # noqa: E402
 from md_reference.trajectory import TrajectoryError, read_trajectory  # noqa: E402
 
 REAXFF = Path(__file__).resolve().parents[1].parent / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff"
