@@ -4,6 +4,7 @@
 ``kmc config``                print the embedded default config (a template)
 ``kmc rates show [CATALOG]``  print a catalog as a table
 ``kmc rates fit --md A.json --out C.json``  fit per-class hop rates to MD hop counts and write a catalog
+``kmc rates fit --neb R.json [--md A.json] --out C.json``  catalog from NEB records (MD classes take precedence)
 ``kmc compare MD.json -c CAT``  D from direct MD against KMC with rate catalogs
 ``kmc md run|analyze ...``    direct MD with LAMMPS and its analysis (needs the ``md`` extra;
                               defined in :mod:`md_reference.cli`, loaded only for these commands)
@@ -142,6 +143,12 @@ def cmd_rates_fit(args) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise FileExistsError(f"output catalog {str(out)!r} exists; use --force to overwrite it")
+    if getattr(args, "neb", None):
+        return _cmd_rates_fit_neb(args, out)
+    if not args.md:
+        raise ValueError("kmc rates fit needs --md ANALYSIS.json and/or --neb RECORDS.json")
+    if getattr(args, "prefactor_Hz", None) is not None:
+        raise ValueError("--prefactor-Hz sets the prefactor of NEB-fitted classes; it needs --neb")
     obs = combine_observations([observations_from_md_analysis(p) for p in args.md])
     cat = build_catalog_from_md(obs, args.base, mode=args.mode, name=args.name, description=args.description,
                                 extra_provenance={"versions": provenance()})
@@ -168,6 +175,54 @@ def cmd_rates_fit(args) -> int:
     return 0
 
 
+def _cmd_rates_fit_neb(args, out: Path) -> int:
+    """``kmc rates fit --neb ...``: NEB catalog; with ``--md``, MD-fitted classes take precedence over NEB ones."""
+    from kmc.runner import provenance
+    from rates.fit import build_catalog_from_md, combine_observations, observations_from_md_analysis
+    from rates.neb_fit import build_catalog_from_neb, format_fit_table, load_neb_record_files, overlay_md_fit
+
+    records = load_neb_record_files(args.neb)
+    md_cat = None
+    if args.md:
+        obs = combine_observations([observations_from_md_analysis(p) for p in args.md])
+        md_cat = build_catalog_from_md(obs, args.base, mode=args.mode)
+    prefactor_catalog = None
+    if md_cat is not None and args.prefactor_Hz is None:
+        from rates.neb_fit import prefactor_from_md_catalog
+
+        try:
+            prefactor_from_md_catalog(md_cat)
+            prefactor_catalog = md_cat
+        except ValueError as exc:
+            print(f"note: {exc}; NEB classes keep the base catalog's prefactors")
+    cat = build_catalog_from_neb(records, args.base, prefactor_Hz=args.prefactor_Hz,
+                                 prefactor_catalog=prefactor_catalog,
+                                 slope_mode=args.slope_mode, name=None if md_cat else args.name,
+                                 description=None if md_cat else args.description,
+                                 extra_provenance={"versions": provenance()})
+    if md_cat is not None:
+        cat = overlay_md_fit(cat, md_cat, name=args.name)
+        if args.description is not None:
+            cat.description = args.description
+        cat.provenance["versions"] = provenance()
+    cat.save(out)
+    fit = cat.provenance["fit"]
+    print(f"catalog: {cat.name}  (sha256 {cat.sha256()[:16]}), base {fit['base_catalog']['name']!r}; "
+          f"NEB records from {len(args.neb)} file(s); prefactor of NEB classes: {fit['prefactor']['source']}")
+    print(format_fit_table(fit))
+    counts = {}
+    for s in cat.class_source:
+        key = s.split(":")[0] + ":..." if s.startswith("fallback:") else s
+        counts[key] = counts.get(key, 0) + 1
+    print("\nclass sources: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if md_cat is not None:
+        print("precedence: md-mle* (MD hop counts) over neb-fit* (NEB) over fallback:* (base catalog)")
+    for label, why in fit["unfitted"].items():
+        print(f"  not fitted: {label}: {why}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmc", description="Halide-defect KMC for CsPb(I_x Br_1-x)_3 perovskites")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -184,12 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_neb_parser(rsub)
     from rates.fit import FIT_MODES
 
-    fit = rsub.add_parser("fit", help="fit per-class hop rates to MD hop counts and write a catalog",
+    fit = rsub.add_parser("fit", help="fit per-class hop rates to MD hop counts and/or NEB records; write a catalog",
                           description="Maximum-likelihood Arrhenius fit of the per-class hop counts and exposures "
                                       "of MD analysis files (kmc md analyze); classes without a fit keep the base "
-                                      "catalog's values.")
-    fit.add_argument("--md", action="append", required=True, metavar="ANALYSIS.json",
+                                      "catalog's values. With --neb: E_KRA per hop family and the energy model "
+                                      "from NEB records (kmc rates neb); MD-fitted classes (class source md-mle*) "
+                                      "take precedence over NEB-fitted ones (neb-fit*).")
+    fit.add_argument("--md", action="append", metavar="ANALYSIS.json",
                      help="MD analysis JSON (repeat for several; equal temperatures are pooled)")
+    fit.add_argument("--neb", action="append", metavar="RECORDS.json",
+                     help="NEB records of kmc rates neb (repeat for several): E_KRA(shell_nI) per family and the "
+                          "energy model (rates.neb_fit); with --md, MD-fitted classes take precedence")
+    fit.add_argument("--prefactor-Hz", type=float, help="--neb: prefactor of NEB-fitted classes (default: the mean "
+                                                        "fitted MD prefactor with --md, else the base catalog's)")
+    from rates.neb_fit import SLOPE_MODES
+
+    fit.add_argument("--slope-mode", default="per-family", choices=list(SLOPE_MODES),
+                     help="--neb: E_KRA model in shell_nI; " + "; ".join(f"{k}: {v}" for k, v in SLOPE_MODES.items()))
     fit.add_argument("--base", default="default", help="base catalog: energy model and fallback values "
                                                        "(default: the embedded one)")
     fit.add_argument("--mode", default="per-class", choices=list(FIT_MODES),
