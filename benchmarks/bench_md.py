@@ -3,7 +3,8 @@
 Run from the repository root (one thread, as in production)::
 
     .venv/bin/python benchmarks/bench_md.py                # ~3-6 min (trains, packages, compiles)
-    .venv/bin/python benchmarks/bench_md.py --model M.nequip.zip --steps 20
+    .venv/bin/python benchmarks/bench_md.py --model M.nequip.zip --steps 20   # any packaged model, e.g.
+    .venv/bin/python benchmarks/bench_md.py --model md_reference/data/allegro_small_reaxff.nequip.zip --no-reaxff
 
 Workload: a 6x6x6 cubic CsPbI3 supercell (a = 6.30 A) with one split iodide
 interstitial (1081 atoms), Nose-Hoover NVT at 600 K, 2 fs steps, through
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
             log.info("building a 'paper'-preset Allegro model in %s", tmp)
             model, report["model"] = make_paper_model(tmp, args.reaxff, args.seed)
             cache = args.cache_dir or tmp / "cache"
+        label = "Allegro given" if args.model else "Allegro paper"
         modes = [m for m, skip in (("never", args.no_eager), ("always", args.no_compile)) if not skip]
         for mode in modes:
             t0 = time.perf_counter()
@@ -202,12 +204,12 @@ def main(argv=None) -> int:
                 pot = AllegroPotential(model, compile=mode, cache_dir=cache)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other backend
                 log.error("Allegro compile=%s failed: %s", mode, exc)
-                rows.append({"potential": "Allegro paper", "backend": mode, "error": str(exc)[-2000:]})
+                rows.append({"potential": label, "backend": mode, "error": str(exc)[-2000:]})
                 continue
             load_s = time.perf_counter() - t0
             calc_ms = time_calculator(atoms, pot.calculator)
             log.info("Allegro %s: %d steps", pot.backend, args.steps)
-            rows.append({"potential": "Allegro paper", "backend": pot.backend, "load_or_compile_s": round(load_s, 1),
+            rows.append({"potential": label, "backend": pot.backend, "load_or_compile_s": round(load_s, 1),
                          **time_md(atoms, pot, args.steps, args.warmup, args.seed), "calc_ms": calc_ms,
                          "describe": pot.describe()})
 

