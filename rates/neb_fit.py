@@ -92,7 +92,6 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +119,7 @@ from lattice.species import (
     I,
 )
 from rates.catalog import RateCatalog, load_catalog
+from rates.fit import _package_version
 from rates.ratelaw import delta_energy_kickout, delta_energy_vacancy
 
 log = logging.getLogger(__name__)
@@ -1352,13 +1352,6 @@ def _corr(cov: np.ndarray) -> np.ndarray:
     d = np.sqrt(np.diag(cov))
     with np.errstate(invalid="ignore", divide="ignore"):
         return cov / np.outer(d, d)
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("halide-kmc")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 __all__ = [
