@@ -37,13 +37,13 @@ import datetime as _dt  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from bench_kmc import cpu_model, git_revision  # noqa: E402 - same folder: one copy of the environment helpers
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # allow running without installing the package
@@ -54,25 +54,6 @@ TEMPERATURE_K = 600.0
 TIMESTEP_FS = 2.0
 LATTICE_A = 6.30
 SHAPE = (6, 6, 6)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rev = out.stdout.strip()
-    return rev if out.returncode == 0 and rev else None
 
 
 def environment(torch_threads: int | None) -> dict:

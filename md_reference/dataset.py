@@ -167,6 +167,28 @@ class SamplingSettings:
         return self
 
 
+def _md_snapshots(atoms, potential, md, n_frames: int):
+    """Yield ``(k, md_step, frame)`` for ``n_frames`` frames of an NVT run of ``atoms``.
+
+    Runs ``md.equilibration_steps`` first, then takes a frame (a copy of
+    ``atoms`` at the current wrapped positions) every ``md.dump_every`` steps.
+    """
+    from md_reference.lammps_driver import LammpsSession  # noqa: PLC0415
+
+    with LammpsSession(atoms, potential) as sess:
+        sess.setup_md(md)
+        step = 0
+        if md.equilibration_steps:
+            sess.run(md.equilibration_steps)
+            step += md.equilibration_steps
+        for k in range(n_frames):
+            sess.run(md.dump_every)
+            step += md.dump_every
+            frame = atoms.copy()
+            frame.set_positions(sess.positions(unwrapped=False))
+            yield k, step, frame
+
+
 def sample_md_frames(potential: Potential | str | dict, settings: SamplingSettings | None = None) -> list:
     """Frames (unlabelled ``ase.Atoms``) from short NVT runs of small defective cells.
 
@@ -181,7 +203,7 @@ def sample_md_frames(potential: Potential | str | dict, settings: SamplingSettin
         E.g. ``"reaxff:/path/IBrPbCs.ff"``.
     settings : SamplingSettings
     """
-    from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: PLC0415
+    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
     from md_reference.structures import vegard_lattice_constant  # noqa: PLC0415
 
     settings = (settings or SamplingSettings()).validate()
@@ -197,28 +219,18 @@ def sample_md_frames(potential: Potential | str | dict, settings: SamplingSettin
                         n_steps=settings.frames_per_cell * settings.sample_every,
                         equilibration_steps=settings.equilibration_steps, dump_every=settings.sample_every,
                         seed=cell_seed % 800_000_000 + 1)
-        with LammpsSession(atoms, pot) as sess:
-            sess.setup_md(md)
-            step = 0
-            if settings.equilibration_steps:
-                sess.run(settings.equilibration_steps)
-                step += settings.equilibration_steps
-            for _ in range(settings.frames_per_cell):
-                sess.run(settings.sample_every)
-                step += settings.sample_every
-                frame = atoms.copy()
-                frame.set_positions(sess.positions(unwrapped=False))
-                frame.info = {
-                    "cell_index": icell,
-                    "shape": "x".join(str(int(v)) for v in spec.shape),
-                    "composition": spec.composition,
-                    "defect": spec.defect,
-                    "lattice_constant_A": float(a),
-                    "temperature_K": float(settings.temperature_K),
-                    "md_step": int(step),
-                    "md_seed": int(md.seed),
-                }
-                frames.append(frame)
+        info = {
+            "cell_index": icell,
+            "shape": "x".join(str(int(v)) for v in spec.shape),
+            "composition": spec.composition,
+            "defect": spec.defect,
+            "lattice_constant_A": float(a),
+            "temperature_K": float(settings.temperature_K),
+            "md_seed": int(md.seed),
+        }
+        for _, step, frame in _md_snapshots(atoms, pot, md, settings.frames_per_cell):
+            frame.info = {**info, "md_step": int(step)}
+            frames.append(frame)
         log.info("cell %d (%s %s %s): %d frames", icell, spec.shape, spec.composition, spec.defect,
                  settings.frames_per_cell)
     return frames
@@ -698,7 +710,7 @@ def _frame_info(task: SampleTask, seeds: dict, a: float, config) -> dict:
 
 def run_md_task(task: SampleTask, sampler: Potential, settings: DatasetSettings) -> list:
     """Unlabelled frames of one ``"md"``/``"strain"`` task (Nose-Hoover NVT)."""
-    from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: PLC0415
+    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
 
     seeds = _task_seeds(task, settings)
     atoms, config, _, a = task.cell.build(seeds["structure_seed"], a_I_A=settings.a_I_A, a_Br_A=settings.a_Br_A,
@@ -711,19 +723,9 @@ def run_md_task(task: SampleTask, sampler: Potential, settings: DatasetSettings)
     base = _frame_info(task, seeds, a, config)
     base.update({"temperature_K": float(task.temperature_K), "md_seed": seeds["md_seed"]})
     frames = []
-    with LammpsSession(atoms, sampler) as sess:
-        sess.setup_md(md)
-        step = 0
-        if settings.equilibration_steps:
-            sess.run(settings.equilibration_steps)
-            step += settings.equilibration_steps
-        for k in range(task.n_frames):
-            sess.run(settings.sample_every)
-            step += settings.sample_every
-            frame = atoms.copy()
-            frame.set_positions(sess.positions(unwrapped=False))
-            frame.info = {**base, "md_step": int(step), "frame_id": f"{task.source}{task.index}:{k}"}
-            frames.append(frame)
+    for k, step, frame in _md_snapshots(atoms, sampler, md, task.n_frames):
+        frame.info = {**base, "md_step": int(step), "frame_id": f"{task.source}{task.index}:{k}"}
+        frames.append(frame)
     return frames
 
 
