@@ -586,7 +586,7 @@ def _run_events_impl(
     rates, classes, tree, n_leaves, stamp,
     e_kra, prefactor, J, e_bridge, beta,
     axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
-    log_time, log_def, log_from, log_to, log_cls,
+    log_time, log_def, log_from, log_to, log_cls, log_slot,
     t, t_stop, max_events, ubuf, upos, counters, err,
     pb, cs, rcs, pdelta, rdelta, upd, ckey, cval,
 ):
@@ -741,6 +741,7 @@ def _run_events_impl(
             log_from[row] = site_a
             log_to[row] = site_b
             log_cls[row] = cls
+            log_slot[row] = slot
             counters[C_LOG] = row + 1
 
         # rate updates: the moved defect, then every defect within two hops of A or B (the
@@ -822,7 +823,7 @@ def run_events(
     # observables
     axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
     # event log
-    log_time, log_def, log_from, log_to, log_cls,
+    log_time, log_def, log_from, log_to, log_cls, log_slot,
     # control
     t, t_stop, max_events, ubuf, upos, counters, err,
 ):
@@ -851,7 +852,7 @@ def run_events(
         rates, classes, tree, n_leaves, stamp,
         e_kra, prefactor, J, e_bridge, beta,
         axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
-        log_time, log_def, log_from, log_to, log_cls,
+        log_time, log_def, log_from, log_to, log_cls, log_slot,
         t, t_stop, max_events, ubuf, upos, counters, err,
         pb, cs, rcs, pdelta, rdelta, upd, ckey, cval,
     )

@@ -222,22 +222,61 @@ def add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="D from direct MD against KMC driven by rate catalogs",
                        description="Run the KMC with each catalog on the cell of a 'kmc md analyze' summary "
                                    "(and optionally a larger one) at its temperatures; print D_MD / D_KMC with "
-                                   "uncertainties and write compare.json and an Arrhenius plot.")
-    p.add_argument("md_analysis", help="md_analysis.json written by 'kmc md analyze'")
-    p.add_argument("--catalog", "-c", action="append", required=True, help="rate catalog (repeatable; 'default')")
+                                   "uncertainties and write compare.json and an Arrhenius plot. With --matrix: "
+                                   "the validation matrix (run or resume the MD it needs, fit catalogs, run the "
+                                   "KMC, write report.md/report.json).")
+    p.add_argument("md_analysis", nargs="?", help="md_analysis.json written by 'kmc md analyze'")
+    p.add_argument("--catalog", "-c", action="append", help="rate catalog (repeatable; 'default')")
     p.add_argument("--upscale-shape", nargs=3, type=int, metavar=("NX", "NY", "NZ"),
                    help="also run on this larger cell (same defect density)")
     p.add_argument("--events", type=int, default=200_000, help="KMC events per run")
     p.add_argument("--replicas", type=int, default=8, help="KMC runs per temperature")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--out", "-o", default="compare", help="output folder")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (matrix: MD lanes at a time)")
+    p.add_argument("--out", "-o", default=None, help="output folder (default: compare, or validation with --matrix)")
+    m = p.add_argument_group("validation matrix")
+    m.add_argument("--matrix", metavar="SPEC", help="matrix spec (TOML), e.g. validation/matrix.toml")
+    m.add_argument("--no-md", action="store_true", help="use the MD records there are; run no MD")
+    m.add_argument("--max-wall-s", type=float, help="stop the MD after this wall time (runs stop at a checkpoint)")
+    m.add_argument("--case", action="append", dest="cases", help="only this case (repeatable)")
+    m.add_argument("--no-plots", action="store_true")
+    m.add_argument("--status", action="store_true", help="print the MD lanes (runs, hops) and exit")
     p.set_defaults(handler=cmd_compare)
 
 
 def cmd_compare(args) -> int:
-    result = compare(args.md_analysis, args.catalog, args.out, upscale_shape=args.upscale_shape,
+    if args.matrix:
+        return cmd_matrix(args)
+    if not args.md_analysis or not args.catalog:
+        raise ValueError("kmc compare needs an md_analysis.json and at least one --catalog (or --matrix SPEC)")
+    out = args.out or "compare"
+    result = compare(args.md_analysis, args.catalog, out, upscale_shape=args.upscale_shape,
                      events=args.events, replicas=args.replicas, seed=args.seed, workers=args.workers)
     print(format_table(result))
-    print(f"\nwrote {Path(args.out) / 'compare.json'} and {Path(args.out) / 'compare_arrhenius.png'}")
+    print(f"\nwrote {Path(out) / 'compare.json'} and {Path(out) / 'compare_arrhenius.png'}")
+    return 0
+
+
+def cmd_matrix(args) -> int:
+    """``kmc compare --matrix``: the CLI is the one place where kmc reaches the MD side."""
+    from workflows.matrix import format_report, run_matrix, verdict_counts  # noqa: PLC0415
+    from workflows.matrix_md import lane_table  # noqa: PLC0415
+    from workflows.matrix_spec import load_spec  # noqa: PLC0415
+
+    out = Path(args.out or "validation")
+    if args.status:
+        spec = load_spec(args.matrix)
+        print(f"{'case':<22} {'T (K)':>7} {'runs':>5} {'MD ps':>7} {'hops':>5}  status")
+        for r in lane_table(spec, out):
+            print(f"{r['case']:<22} {r['temperature_K']:7g} {r['n_runs']:5d} {r['md_ps']:7.0f} {r['n_hops']:5d}  "
+                  f"{'needs runs' if r['needs_run'] else 'done'}")
+        return 0
+    logging.getLogger("workflows").setLevel(logging.INFO)
+    report = run_matrix(args.matrix, out, run_md=not args.no_md, workers=args.workers, max_wall_s=args.max_wall_s,
+                        cases=args.cases, plots=not args.no_plots)
+    text = format_report(report)
+    print(text)
+    vc = verdict_counts(report)
+    print(f"wrote {out / 'report.md'} and {out / 'report.json'}: {vc['agree']} agree, {vc['disagree']} disagree, "
+          f"{vc['insufficient hops']} insufficient hops")
     return 0

@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.provenance import provenance as _provenance
 from kmc import analysis
 from kmc.config import builder_kwargs, physics_fingerprint
 from kmc.simulation import Simulation
@@ -57,7 +56,8 @@ final/hop_count (104,) int64           hops per environment class
 final/occ (n_sites,) int8              final site states
 final/def_disp (n_def, 3) int64        defect displacements, (a/2)
 final/def_kind (n_def,) int8
-events/*                               optional hop log: time_s, defect, from_site, to_site, hop_class
+events/*                               optional hop log: time_s, defect, from_site, to_site, hop_class,
+                                       slot (bridge atom that moved: 0/1)
 """
 OBS_KEYS = ("time_s", "n_events", "msd_species", "msd_defect", "mixing", "plane_count", "occ_time", "wall_s")
 
@@ -65,37 +65,9 @@ OBS_KEYS = ("time_s", "n_events", "msd_species", "msd_defect", "mixing", "plane_
 # ----------------------------------------------------------------------------
 # provenance
 # ----------------------------------------------------------------------------
-def _git_revision() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        rev = out.stdout.strip()
-        if out.returncode == 0 and rev:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
 def provenance() -> dict:
-    """Versions, git revision, host and time (recorded in every artifact)."""
-    import numba
-
-    from kmc import __version__
-
-    return {
-        "package": "halide-kmc",
-        "package_version": __version__,
-        "git_revision": _git_revision(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "h5py": h5py.__version__,
-        "platform": platform.platform(),
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    """Versions, git revision, host and time (recorded in every artifact): :func:`common.provenance.provenance`."""
+    return _provenance()
 
 
 UNITS = {"time": "s", "temperature": "K", "length": "angstrom", "msd_raw": "(a/2)^2",

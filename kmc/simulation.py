@@ -21,6 +21,8 @@ from rates.catalog import MissingRateError, RateCatalog
 log = logging.getLogger(__name__)
 
 BUFFER_SIZE = 1 << 16
+LOG_KEYS = ("time_s", "defect", "from_site", "to_site", "hop_class", "slot")
+"""Event-log fields; ``slot`` is the bridge atom that moved in a kick-out (0 or 1; 0 for vacancy hops)."""
 
 
 class FrozenLatticeError(RuntimeError):
@@ -78,6 +80,7 @@ class Simulation:
             "from_site": np.zeros(n, dtype=np.int64),
             "to_site": np.zeros(n, dtype=np.int64),
             "hop_class": np.zeros(n, dtype=np.int64),
+            "slot": np.zeros(n, dtype=np.int8),
         }
 
     def _flush_log(self) -> None:
@@ -130,7 +133,7 @@ class Simulation:
                 p.e_kra, p.prefactor, p.J, p.e_bridge, p.beta,
                 st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count,
                 self._log["time_s"], self._log["defect"], self._log["from_site"], self._log["to_site"],
-                self._log["hop_class"],
+                self._log["hop_class"], self._log["slot"],
                 self.time_s, float(t_stop), remaining, self.buffer, self.upos, st.counters, st.err,
             )
             self.time_s = float(t)
@@ -163,7 +166,7 @@ class Simulation:
 
     def event_log(self) -> dict[str, np.ndarray]:
         """All logged events so far, concatenated."""
-        keys = ("time_s", "defect", "from_site", "to_site", "hop_class")
+        keys = LOG_KEYS
         if not self.events_logged:
             return {k: np.zeros(0, dtype=self._log[k].dtype if k in self._log else np.float64) for k in keys}
         return {k: np.concatenate([c[k] for c in self.events_logged]) for k in keys}
@@ -199,8 +202,10 @@ class Simulation:
         self.n_logged = int(scalars["n_logged"])
         self.events_logged = []
         if self.n_logged:
-            self.events_logged.append({k: np.asarray(arrays[f"log_{k}"]) for k in
-                                       ("time_s", "defect", "from_site", "to_site", "hop_class")})
+            n = self.n_logged
+            # checkpoints written before the slot field existed: slot unknown (-1)
+            self.events_logged.append({k: np.asarray(arrays[f"log_{k}"]) if f"log_{k}" in arrays
+                                       else np.full(n, -1, dtype=np.int8) for k in LOG_KEYS})
         if self.n_logged >= self.event_log_cap:
             self._log_chunk = 0
             self._alloc_log()

@@ -174,7 +174,7 @@ def _per_temperature(records: list[dict]) -> list[dict]:
 
 def analyze_files(files, tracker_kwargs: dict | None = None, plots_dir: Path | None = None) -> dict:
     """Analyse trajectory files; returns the JSON-ready summary (and writes plots)."""
-    from kmc.runner import provenance  # noqa: PLC0415
+    from common.provenance import provenance  # noqa: PLC0415
 
     records, inputs = [], []
     for f in files:

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from kmc.analysis import fit_arrhenius, mean_sem
+from common.stats import fit_arrhenius, mean_sem
 from lattice.configurations import Configuration
 from lattice.species import BR, BRIDGE_NAMES, HALIDES, I
 from lattice.sublattice import HalideSublattice

