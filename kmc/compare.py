@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.stats import welch_compare
 from kmc.analysis import fit_arrhenius
 from kmc.config import resolve
 from rates.catalog import load_catalog
@@ -86,20 +87,35 @@ def kmc_config(cell: dict, shape, temperatures, catalog: str, out_dir: Path, eve
     return resolve(raw)
 
 
-def _ratio(md_m, md_e, k_m, k_e) -> dict:
-    if not all(v is not None and math.isfinite(v) for v in (md_m, k_m)) or k_m <= 0:
-        return {"ratio": None, "ratio_err": None, "z": None, "agree": None}
+def _ratio(md_m, md_e, k_m, k_e, n_md=None, n_kmc=None, n_hops=None, min_hops: int = 50) -> dict:
+    """D_MD / D_KMC with its error and a Welch t comparison (t-distributed for a few runs).
+
+    A zero D is a value, not a missing one. With fewer than ``min_hops`` MD hops
+    the row gets no verdict (``agree`` None, ``verdict`` "insufficient hops").
+    """
+    out = {"ratio": None, "ratio_err": None, "z": None, "dof": None, "p_value": None, "agree": None}
+    if not all(v is not None and math.isfinite(v) for v in (md_m, k_m)):
+        out["verdict"] = "no value"
+        return out
     md_e = md_e if md_e is not None and math.isfinite(md_e) else math.nan
-    k_e = k_e if k_e is not None and math.isfinite(k_e) else 0.0
-    r = md_m / k_m
-    r_err = abs(r) * math.sqrt((md_e / md_m) ** 2 + (k_e / k_m) ** 2) if md_m else math.nan
-    comb = math.sqrt(md_e ** 2 + k_e ** 2)
-    z = (md_m - k_m) / comb if comb > 0 else math.nan
-    return {"ratio": r, "ratio_err": r_err, "z": z, "agree": bool(abs(z) <= 2.0) if math.isfinite(z) else None}
+    k_e = k_e if k_e is not None and math.isfinite(k_e) else math.nan
+    if k_m > 0:
+        r = md_m / k_m
+        out["ratio"] = r
+        out["ratio_err"] = abs(r) * math.sqrt((md_e / md_m) ** 2 + (k_e / k_m) ** 2) if md_m else math.nan
+    cmp = welch_compare(md_m, md_e, n_md if n_md is not None else 0, k_m, k_e, n_kmc if n_kmc is not None else 0)
+    out.update(z=cmp["t"], dof=cmp["dof"], p_value=cmp["p_value"], agree=cmp["agree"])
+    if n_hops is not None and n_hops < min_hops:
+        out["agree"] = None
+        out["verdict"] = f"insufficient hops: {n_hops} < {min_hops}"
+    else:
+        out["verdict"] = "undetermined" if out["agree"] is None else ("agree" if out["agree"] else "disagree")
+    return out
 
 
 def compare(md_path, catalogs: list[str], out_dir, *, upscale_shape=None, events: int = 200_000,
-            replicas: int = 8, seed: int = 1, workers: int = 1, species=("X", "I", "Br")) -> dict:
+            replicas: int = 8, seed: int = 1, workers: int = 1, species=("X", "I", "Br"),
+            min_hops: int = 50) -> dict:
     """Run the KMC for every catalog (and cell) and tabulate D_MD / D_KMC."""
     from kmc.runner import provenance, run_all  # noqa: PLC0415
 
@@ -128,13 +144,15 @@ def compare(md_path, catalogs: list[str], out_dir, *, upscale_shape=None, events
                     else:
                         dm = e_md["D_eq1_cm2_s"][sp]
                         dk = e_k["D_eq1_per_defect_cm2_s"].get(SPECIES_KEYS[sp], {})
-                    if dm.get("mean") is None or not math.isfinite(dm["mean"] or math.nan):
+                    if dm.get("mean") is None or not math.isfinite(dm["mean"]):
                         continue
                     rows.append({
                         "catalog": catalog.name, "cell": label, "shape": shape, "temperature_K": e_md["temperature_K"],
                         "species": sp, "D_md": dm["mean"], "D_md_err": dm["sem"], "n_md_runs": dm["n"],
                         "D_kmc": dk.get("mean"), "D_kmc_err": dk.get("sem"), "n_kmc_runs": dk.get("n"),
-                        **_ratio(dm["mean"], dm["sem"], dk.get("mean"), dk.get("sem")),
+                        "n_hops_md": e_md.get("n_hops"),
+                        **_ratio(dm["mean"], dm["sem"], dk.get("mean"), dk.get("sem"), dm.get("n"), dk.get("n"),
+                                 e_md.get("n_hops"), min_hops),
                     })
     fits = {}
     for sp in (*species, "defect"):
@@ -158,7 +176,8 @@ def compare(md_path, catalogs: list[str], out_dir, *, upscale_shape=None, events
     result = {"schema": SCHEMA, "schema_version": 1, "md_analysis": str(md_path), "md_cell": cell,
               "kmc": kmc_results, "rows": rows, "arrhenius": fits, "provenance": provenance(),
               "units": {"D": "cm^2/s", "temperature": "K"},
-              "criterion": "agree when |D_md - D_kmc| <= 2 combined standard errors"}
+              "criterion": "Welch t-test of the two means (standard errors over runs / replicas), agree when the "
+                           f"two-sided p > 0.05; no verdict with fewer than {min_hops} MD hops"}
     out.mkdir(parents=True, exist_ok=True)
     from kmc.runner import _clean  # noqa: PLC0415
 
@@ -202,7 +221,7 @@ def _plot(result: dict, path: Path) -> None:
 
 def format_table(result: dict) -> str:
     lines = [f"{'catalog':<28} {'cell':<9} {'T (K)':>6} {'sp':>6} {'D_MD (cm2/s)':>20} {'D_KMC (cm2/s)':>20} "
-             f"{'MD/KMC':>14} {'z':>6} agree"]
+             f"{'MD/KMC':>14} {'t':>6} verdict"]
     for r in result["rows"]:
         def f(m, e):
             if m is None:
@@ -214,7 +233,7 @@ def format_table(result: dict) -> str:
         z = "n/a" if r["z"] is None or not math.isfinite(r["z"]) else f"{r['z']:+.1f}"
         lines.append(f"{r['catalog'][:28]:<28} {r['cell']:<9} {r['temperature_K']:6g} {r['species']:>6} "
                      f"{f(r['D_md'], r['D_md_err']):>20} {f(r['D_kmc'], r['D_kmc_err']):>20} {ratio:>14} {z:>6} "
-                     f"{'' if r['agree'] is None else ('yes' if r['agree'] else 'NO')}")
+                     f"{r.get('verdict', '')}")
     return "\n".join(lines)
 
 

@@ -59,7 +59,8 @@ final/def_kind (n_def,) int8
 events/*                               optional hop log: time_s, defect, from_site, to_site, hop_class,
                                        slot (bridge atom that moved: 0/1)
 """
-OBS_KEYS = ("time_s", "n_events", "msd_species", "msd_defect", "mixing", "plane_count", "occ_time", "wall_s")
+OBS_KEYS = ("time_s", "n_events", "msd_species", "msd_defect", "def_disp", "mixing", "plane_count", "occ_time",
+            "wall_s")
 
 
 # ----------------------------------------------------------------------------
@@ -137,6 +138,10 @@ class _ObsBuffer:
     def from_arrays(cls, arrays: dict) -> "_ObsBuffer":
         ob = cls()
         n = len(arrays.get("time_s", []))
+        missing = [k for k in OBS_KEYS if k not in arrays]
+        if n and missing:
+            raise ValueError(f"checkpoint observations lack {missing} (written by an older version); "
+                             "restart that job without --resume in a new output directory")
         for k in OBS_KEYS:
             ob.rows[k] = [arrays[k][i] for i in range(n)]
         return ob
@@ -222,7 +227,7 @@ def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progres
         sim.flush_occupancy()
         st = sim.state
         obs.add(time_s=sim.time_s, n_events=sim.n_events, msd_species=st.msd.copy(),
-                msd_defect=sim.defect_msd(), mixing=sim.mixing_counts(), plane_count=st.plane_count.copy(),
+                msd_defect=sim.defect_msd(), def_disp=st.def_disp.copy(), mixing=sim.mixing_counts(), plane_count=st.plane_count.copy(),
                 occ_time=st.occ_time.copy(), wall_s=wall_before + time.perf_counter() - wall0)
 
     def checkpoint():
@@ -300,22 +305,36 @@ def summarize_run_file(path: str | Path) -> dict:
     n_tot = ndef["vacancy"] + ndef["interstitial"]
     row["time_s"] = float(t[-1])
     row["n_events"] = int(obs["n_events"][-1])
+    # Eq. 1 per defect: msd(t_end) / (6 t_end), the whole trajectory, never negative; the block
+    # increments of the same trace give the error of a single run.
     D = {}
     D_blocks = {}
     for s, sp in enumerate(HALIDES):
         y = obs["msd_species"][:, s] * fac / n_tot
-        D[sp] = analysis.slope_D(t, y)
+        D[sp] = analysis.endpoint_D(t, y)
         D_blocks[sp] = analysis.block_D(t, y)
     y_all = obs["msd_species"].sum(axis=1) * fac / n_tot
-    D["all"] = analysis.slope_D(t, y_all)
+    D["all"] = analysis.endpoint_D(t, y_all)
     D_blocks["all"] = analysis.block_D(t, y_all)
     row["D_eq1_per_defect_cm2_s"] = D
     row["D_eq1_blocks_cm2_s"] = {k: {"mean": v[0], "sem": v[1]} for k, v in D_blocks.items()}
-    Dd = {}
+    row["D_estimators"] = {"eq1": "msd(t_end) / (6 t_end) per defect",
+                           "defect": "block ratio over the observation intervals of the defect positions"
+                           if "def_disp" in obs else "msd(t_end) / (6 t_end) (run file without obs/def_disp)"}
+    Dd, Dd_err = {}, {}
     for k, kind in enumerate(("vacancy", "interstitial")):
         if ndef[kind]:
-            Dd[kind] = analysis.slope_D(t, obs["msd_defect"][:, k] * fac / ndef[kind])
+            if "def_disp" in obs:
+                sel = final["def_kind"] == k
+                Dd[kind], Dd_err[kind], _ = analysis.block_ratio_D(t, obs["def_disp"][:, sel].astype(np.float64),
+                                                                          n_blocks=t.size - 1)
+                Dd[kind] *= fac
+                Dd_err[kind] *= fac
+            else:
+                Dd[kind] = analysis.endpoint_D(t, obs["msd_defect"][:, k] * fac / ndef[kind])
+                Dd_err[kind] = math.nan
     row["D_defect_cm2_s"] = Dd
+    row["D_defect_err_cm2_s"] = Dd_err
     row["hops_per_class"] = {int(c): int(n) for c, n in enumerate(final["hop_count"]) if n}
     row["mixing_final"] = {"domain_halides_outside": int(obs["mixing"][-1, 0]),
                            "matrix_halides_inside": int(obs["mixing"][-1, 1])}
@@ -339,6 +358,8 @@ def aggregate(cfg: dict, rows: list[dict]) -> dict:
                 m, e, n = analysis.mean_sem(vals)
                 if n == 1 and key == "D_eq1_per_defect_cm2_s":
                     e = rs[0]["D_eq1_blocks_cm2_s"][sub]["sem"]  # single run: block error
+                elif n == 1:
+                    e = rs[0].get("D_defect_err_cm2_s", {}).get(sub, math.nan)
                 out[sub] = {"mean": m, "sem": e, "n": n, "values": vals}
             entry[key] = out
         occ = np.sum([np.asarray(r["occ_time_per_plane_s"]) for r in rs], axis=0)

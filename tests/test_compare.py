@@ -10,7 +10,7 @@ from kmc.cli import main
 from kmc.compare import compare, load_md_analysis, md_cell
 
 
-def _fake_md_analysis(path, D_by_T: dict, shape=(3, 3, 3), a=6.3):
+def _fake_md_analysis(path, D_by_T: dict, shape=(3, 3, 3), a=6.3, n_hops=500):
     """An md-analysis summary of a pure CsPbI3 cell with one interstitial and given D (mean, sem)."""
     runs = [{"temperature_K": T, "lattice_constant_A": a, "run_index": 0,
              "configuration": {"kind": "pure", "shape": list(shape), "n_sites": 3 * shape[0] * shape[1] * shape[2],
@@ -19,7 +19,7 @@ def _fake_md_analysis(path, D_by_T: dict, shape=(3, 3, 3), a=6.3):
     per_T = [{"temperature_K": T,
               "D_eq1_cm2_s": {"X": {"mean": m, "sem": e, "n": 4}, "I": {"mean": m, "sem": e, "n": 4},
                               "Br": {"mean": None, "sem": None, "n": 0}},
-              "D_defect_cm2_s": {"mean": None, "sem": None, "n": 0}} for T, (m, e) in D_by_T.items()]
+              "D_defect_cm2_s": {"mean": None, "sem": None, "n": 0}, "n_hops": n_hops} for T, (m, e) in D_by_T.items()]
     path.write_text(json.dumps({"schema": "halide-kmc/md-analysis", "schema_version": 1,
                                 "per_temperature": per_T, "runs": runs}))
     return path
@@ -44,6 +44,7 @@ def test_compare_agrees_with_itself_and_detects_a_wrong_catalog(tmp_path):
     wrong = [r for r in rows if r["catalog"] == "shifted"]
     # Independent seeds, both sides with their standard errors: |z| <= 3 for the same model.
     assert all(abs(r["z"]) <= 3 for r in same), same
+    assert all(r["verdict"] == "agree" for r in same), same
     # exp(0.1 eV / kT) >= 6.9 at 600 K: far outside the combined error.
     assert all(r["agree"] is False and r["ratio"] > 3 for r in wrong), wrong
     assert (tmp_path / "cmp" / "compare.json").is_file()
@@ -65,3 +66,12 @@ def test_md_cell_reads_the_set_up(tmp_path):
     cell = md_cell(md)
     assert cell["shape"] == [4, 4, 4] and cell["interstitials"] == 1 and cell["vacancies"] == 0
     assert cell["lattice_constant_A"] == pytest.approx(6.36) and cell["params"] == {"species": "I"}
+
+
+def test_zero_D_is_kept_and_few_hops_get_no_verdict(tmp_path):
+    md = _fake_md_analysis(tmp_path / "m.json", {500.0: (0.0, 1e-6), 600.0: (2e-5, 1e-6)}, n_hops=3)
+    res = compare(md, ["default"], tmp_path / "c", events=2000, replicas=3, seed=1)
+    rows = [r for r in res["rows"] if r["species"] == "X"]
+    assert [r["temperature_K"] for r in rows] == [500.0, 600.0]  # the zero D is a row, not dropped
+    assert rows[0]["D_md"] == 0.0 and rows[0]["ratio"] == 0.0
+    assert all(r["verdict"] == "insufficient hops: 3 < 50" and r["agree"] is None for r in rows)

@@ -10,7 +10,7 @@ Rows and verdicts
 -----------------
 *Diffusion* cases give one row per (temperature, species X/I/Br/defect, cell,
 fit). The verdict estimator is the lattice-path Eq. 1 at a fixed lag
-``tau = run_ps / 2`` (:func:`common.diffusion.lattice_lag_D`): the same
+``tau = lag_fraction x`` the MD run length (default 1/4) (:func:`common.diffusion.lattice_lag_D`): the same
 quantity on both sides (site-to-site displacements over the same lag), never
 negative, free of the vibrational plateau that dominates the raw MSD of a run
 with a few hops, and with its error from the spread of independent MD runs
@@ -179,7 +179,6 @@ def _fits(case: Case, records: dict, spec: MatrixSpec):
 
 def evaluate_diffusion(spec: MatrixSpec, case: Case, records: dict, upscale: bool = True) -> dict:
     rows, corr = [], []
-    lag_ps = 0.5 * case.md.run_ps
     fits = _fits(case, records, spec)
     for fit, per_T in fits.items():
         for T, (cat, obs, runs) in sorted(per_T.items()):
@@ -187,6 +186,7 @@ def evaluate_diffusion(spec: MatrixSpec, case: Case, records: dict, upscale: boo
             n_hops = int(sum(r["tracking"]["n_hops"] for r in recs))
             a = _lattice_a(recs)
             total_ps = sum(r["duration_ps"] for r in recs)
+            lag_ps = spec.kmc.lag_fraction * min(r["duration_ps"] for r in recs)
             cells = [("md-cell", case.shape)]
             if upscale and fit == "all" and spec.kmc.upscale_shape is not None:
                 cells.append(("upscaled", spec.kmc.upscale_shape))
@@ -340,7 +340,8 @@ def run_matrix(spec_path, out, *, run_md: bool = True, workers: int = 1, max_wal
               "min_hops": spec.min_hops, "level": LEVEL, "kmc": spec.kmc.__dict__, "lanes": [], "cases": {},
               "md_lane_runs": lanes, "provenance": provenance(),
               "units": {"D": "cm^2/s", "temperature": "K", "time": "ps", "energy": "eV"},
-              "verdict_estimator": "lattice-path Eq. 1 at lag run_ps/2; Welch t-test, two-sided p > 0.05 agrees"}
+              "verdict_estimator": f"lattice-path Eq. 1 at lag {spec.kmc.lag_fraction:g} x run_ps; Welch t-test, "
+                                   "two-sided p > 0.05 agrees"}
     cache_dir = out / "kmc_cache"
     for case in spec.cases:
         records = all_records[case.id]

@@ -201,7 +201,18 @@ def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: 
         if left is not None and left < 30.0:
             return {"case": case.id, "temperature_K": temperature_K, "status": "out of time", **st}
         r = st["next_run"]
-        res = run_md(job, ti, r, resume=True, progress=False, max_wall_s=left)
+        try:
+            res = run_md(job, ti, r, resume=True, progress=False, max_wall_s=left)
+        except (OSError, RuntimeError) as exc:
+            # A trajectory damaged by a kill during a write: it is not a record yet, so keep it aside
+            # (never delete) and run that run again from its start.
+            path = run_file(job.out_dir, temperature_K, r)
+            if not path.is_file():
+                raise
+            bad = path.with_suffix(f".corrupt-{int(time.time())}.h5")
+            path.rename(bad)
+            log.warning("%s: cannot continue (%s); moved to %s, restarting the run", path, exc, bad.name)
+            res = run_md(job, ti, r, resume=False, progress=False, max_wall_s=left)
         if res["status"] == "interrupted":
             return {"case": case.id, "temperature_K": temperature_K, "status": "interrupted", **st}
         path = run_file(job.out_dir, temperature_K, r)

@@ -1,0 +1,180 @@
+"""The validation matrix: spec errors, verdicts on planted inputs, and the miniature matrix on committed records.
+
+Planted inputs are pseudo-MD records made from KMC trajectories with exact
+hop counts and exposures (:mod:`kmc.exposure`): fitted and compared through
+the same path as real MD records, they must agree; with every MD hop made
+1.5x longer (a planted unit error, D x 2.25) they must disagree; with too few
+hops they must get no verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmc.exposure import run_with_exposure
+from kmc.hoplog import replay
+from kmc.simulation import Simulation
+from lattice import HalideSublattice, build_pure, place_defects
+from rates.catalog import load_catalog
+from workflows.matrix import evaluate_diffusion, format_report, verdict_counts
+from workflows.matrix_spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_HEAD = """
+[matrix]
+potential = "reaxff:pot.ff"
+min_hops = 50
+[md]
+run_ps = 400.0
+[kmc]
+replicas = 6
+time_factor = 2.0
+upscale_shape = []
+"""
+CASE = """
+[[case]]
+id = "Xi-I"
+defect = "interstitial"
+structure = "pure"
+species = "I"
+shape = [3, 3, 3]
+temperatures_K = [500.0, 600.0]
+compare = "diffusion"
+"""
+
+
+def write_spec(tmp_path, text=SPEC_HEAD + CASE):
+    (tmp_path / "pot.ff").write_text("not a real force field\n")
+    p = tmp_path / "m.toml"
+    p.write_text(text)
+    return p
+
+
+def pseudo_md_records(case, T, n_runs, run_ps, seed, a=6.3, stretch=1.0):
+    """Records in the layout of workflows.matrix_md.compact_record, from KMC with the default catalog."""
+    cat = load_catalog("default")
+    cfg = build_pure(HalideSublattice(case.shape), "I")
+    recs = []
+    for r in range(n_runs):
+        d = place_defects(cfg, 0, 1, seed=seed + r)
+        sim = Simulation(cfg, d, cat, T, seed * 100 + r, event_log=1 << 30)
+        ex = run_with_exposure(sim, 10 ** 9, t_stop_s=run_ps * 1e-12)
+        log = sim.event_log()
+        atoms, paths = replay(cfg, d, log, a, sim.time_s)
+        ev = [{"time_ps": float(t * 1e12), "defect": 0, "from_site": int(f), "to_site": int(b), "kind": 1}
+              for t, f, b in zip(log["time_s"], log["from_site"], log["to_site"])]
+        classes = [{"cls": int(c), "n_hops": int(ex.hop_counts[c]), "exposure_ps": float(ex.exposure_s[c] * 1e12)}
+                   for c in np.flatnonzero(ex.exposure_s > 0)]
+        recs.append({"run_index": r, "file": f"T{T:g}_r{r}.h5", "trajectory_sha256": f"{seed}-{T}-{r}",
+                     "temperature_K": T, "duration_ps": run_ps, "lattice_constant_A": a,
+                     "configuration": {"shape": list(case.shape)}, "halide_species": atoms.atom_species,
+                     "tracking": {"n_hops": int(ex.n_events), "classes": classes, "events": ev,
+                                  "n_complex_frames": 0},
+                     "lattice_hops": {"time_ps": atoms.time * 1e12, "atom": atoms.atom,
+                                      "step_A": atoms.step_A * stretch},
+                     "D_eq1_cm2_s": {"X": float("nan")}, "kinisi": {}, "framework_msd_half_run_A2": 1.0})
+    return recs
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("planted")
+    spec = load_spec(write_spec(tmp))
+    case = spec.cases[0]
+    out = {}
+    for name, stretch in (("same", 1.0), ("stretched", 1.5)):
+        records = {T: pseudo_md_records(case, T, 4, 400.0, 11, stretch=stretch) for T in case.temperatures_K}
+        out[name] = evaluate_diffusion(spec, case, records, upscale=False)["rows"]
+    return out
+
+
+def test_planted_agreement_agrees(planted):
+    rows = planted["same"]
+    assert {r["fit"] for r in rows} == {"all", "held-out"}
+    assert all(r["n_hops_md"] >= 50 for r in rows)
+    for r in rows:
+        assert r["p_value"] > 0.01, r  # 99 % level: the same model may not be called different
+    assert sum(r["verdict"] == "agree" for r in rows) >= len(rows) - 1
+
+
+def test_planted_unit_error_disagrees(planted):
+    for r in planted["stretched"]:
+        if r["species"] == "X":
+            assert r["verdict"] == "disagree", r
+            assert r["ratio"] == pytest.approx(2.25, rel=0.35)
+
+
+def test_too_few_hops_get_no_verdict(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    case = spec.cases[0]
+    records = {T: pseudo_md_records(case, T, 2, 20.0, 5) for T in case.temperatures_K}
+    rows = evaluate_diffusion(spec, case, records, upscale=False)["rows"]
+    assert rows and all(r["verdict"].startswith("insufficient hops") for r in rows)
+    report = {"potential": {"spec": "x", "sha256": "0" * 12}, "spec": "m.toml", "spec_sha256": "0" * 12,
+              "provenance": {}, "verdict_estimator": "lattice", "min_hops": 50, "lanes": [],
+              "cases": {"Xi-I": {"rows": json.loads(json.dumps(rows, default=lambda o: np.asarray(o).tolist()))}}}
+    assert verdict_counts(report)["insufficient hops"] == len(rows)
+    assert "insufficient hops" in format_report(report)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (("structure = \"pure\"", "structure = \"crystal\""), "structure must be one of"),
+    (("defect = \"interstitial\"", "defect = \"antisite\""), "defect must be one of"),
+    (("potential = \"reaxff:pot.ff\"", "potential = \"reaxff:missing.ff\""), "not found"),
+    (("temperatures_K = [500.0, 600.0]", "temperatures_K = [500.0, 500.0]"), "duplicate temperatures"),
+    (("shape = [3, 3, 3]", "shape = [3, 3]"), "shape must be a list of 3"),
+    (("species = \"I\"", "species = \"I\"\nx_I = 0.5"), "does not apply"),
+    (("compare = \"diffusion\"", "compare = \"profile\""), "needs a heterojunction"),
+    (("min_hops = 50", "min_hops = 50\nbogus = 1"), "unknown key 'bogus'"),
+])
+def test_spec_errors_name_the_field(tmp_path, edit, msg):
+    text = (SPEC_HEAD + CASE).replace(*edit)
+    with pytest.raises(SpecError, match=msg):
+        load_spec(write_spec(tmp_path, text))
+
+
+def test_record_from_another_potential_is_refused(tmp_path):
+    from workflows.matrix_md import load_records, record_path
+
+    spec = load_spec(write_spec(tmp_path))
+    case = spec.cases[0]
+    p = record_path(tmp_path / "out", case, 500.0, 0)
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"schema": "halide-kmc/md-run-record", "physics_hash": "0123", "temperature_K": 500.0,
+                             "run_index": 0}))
+    with pytest.raises(SpecError, match="another potential, structure or MD settings"):
+        load_records(spec, case, tmp_path / "out")
+
+
+def test_miniature_matrix_on_committed_records(tmp_path):
+    """`kmc compare --matrix ... --no-md` redoes the KMC side of a committed case without LAMMPS."""
+    spec_path = REPO / "validation" / "matrix.toml"
+    src = REPO / "validation" / "md" / "Xi-CsPbI3"
+    if not (REPO.parent / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff").is_file():
+        pytest.skip("the reference ReaxFF (../shared/potentials) is not beside the checkout")
+    if not src.is_dir():
+        pytest.skip("no committed MD records for Xi-CsPbI3")
+    shutil.copytree(src, tmp_path / "md" / "Xi-CsPbI3")
+    # keep the miniature small: only the lowest temperature's records
+    for p in (tmp_path / "md" / "Xi-CsPbI3").glob("*.json"):
+        if not p.name.startswith("T500_"):
+            p.unlink()
+    res = subprocess.run([sys.executable, "-m", "kmc.cli", "compare", "--matrix", str(spec_path), "--out",
+                          str(tmp_path), "--no-md", "--case", "Xi-CsPbI3", "--no-plots"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    rows = rep["cases"]["Xi-CsPbI3"]["rows"]
+    assert {r["species"] for r in rows} >= {"X", "defect"}
+    n_hops = rows[0]["n_hops_md"]
+    for r in rows:
+        assert r["verdict"] in ("agree", "disagree") if n_hops >= 50 else r["verdict"].startswith("insufficient")
+        assert r["D_md"] > 0 and r["D_kmc"] > 0
+    assert (tmp_path / "report.md").read_text().startswith("# Validation matrix")
