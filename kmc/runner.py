@@ -28,6 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.atomic import write_text_atomic
 from common.provenance import provenance as _provenance
 from kmc import analysis
 from kmc.config import builder_kwargs, physics_fingerprint
@@ -393,12 +394,38 @@ def _job_entry(args):
     return run_job(cfg, ti, r, resume=resume, progress=progress)
 
 
+def _precheck(cfg: dict, catalog: RateCatalog, resume: bool) -> None:
+    """Every existing run file and checkpoint of the jobs must belong to this config and catalog."""
+    runs = Path(cfg["output"]["directory"]) / "runs"
+    fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
+    cat_hash = catalog.sha256()
+    for ti, T in enumerate(cfg["run"]["temperatures_K"]):
+        for r in range(cfg["run"]["replicas"]):
+            for path, what in ((runs / f"{job_name(T, r)}.h5", "run file"),
+                               (runs / f"{job_name(T, r)}.ckpt.h5", "checkpoint")):
+                if not path.exists():
+                    continue
+                if not resume:
+                    raise FileExistsError(f"{path} exists: use --resume to reuse finished jobs and continue "
+                                          "interrupted ones, or another output directory")
+                try:
+                    with h5py.File(path, "r") as f:
+                        fp, ch = f.attrs.get("fingerprint_json"), f.attrs.get("catalog_sha256")
+                except OSError as exc:
+                    raise ValueError(f"{what} {path} cannot be read ({exc}); move it away to rerun that job") from None
+                if fp != fingerprint:
+                    raise ValueError(f"refusing to resume from {what} {path}: it was made with a different config")
+                if ch != cat_hash:
+                    raise ValueError(f"refusing to resume from {what} {path}: it was made with a different catalog")
+
+
 def run_all(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     """Run every job of ``cfg``, write summary.json (+ plots) and return the summary."""
     out = Path(cfg["output"]["directory"])
-    out.mkdir(parents=True, exist_ok=True)
     catalog = load_catalog(cfg["run"]["catalog"])
-    (out / "config.resolved.json").write_text(json.dumps(
+    _precheck(cfg, catalog, resume)  # refuse before anything in the output folder is written
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.resolved.json", json.dumps(
         {"config": cfg, "provenance": provenance(), "catalog_sha256": catalog.sha256(),
          "catalog_name": catalog.name}, indent=1, sort_keys=True) + "\n")
     jobs = [(cfg, ti, r, resume, progress) for ti in range(len(cfg["run"]["temperatures_K"]))
@@ -416,7 +443,7 @@ def run_all(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     summary["config"] = cfg
     summary["units"] = UNITS
     summary["wall_s"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=1) + "\n")
     if cfg["output"]["plots"]:
         from kmc import plots
 

@@ -204,3 +204,20 @@ def test_run_all_single_worker(tmp_path):
     e = summary["per_temperature"][0]
     assert e["D_eq1_per_defect_cm2_s"]["all"]["mean"] > 0
     assert (Path(cfg["output"]["directory"]) / "config.resolved.json").exists()
+
+
+def test_refused_resume_leaves_the_old_run_untouched(tmp_path):
+    cfg = small_cfg(tmp_path, "keep")
+    run_all(cfg, progress=False)
+    out = Path(cfg["output"]["directory"])
+    before = {p.name: p.read_bytes() for p in [out / "config.resolved.json", out / "summary.json",
+                                                *sorted((out / "runs").glob("*.h5"))]}
+    changed = json.loads(json.dumps(cfg))
+    changed["run"]["seed"] = 99
+    with pytest.raises(ValueError, match="different config"):
+        run_all(resolve({k: v for k, v in changed.items()}), resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_all(cfg, resume=False, progress=False)
+    after = {p.name: p.read_bytes() for p in [out / "config.resolved.json", out / "summary.json",
+                                               *sorted((out / "runs").glob("*.h5"))]}
+    assert after == before
