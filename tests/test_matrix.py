@@ -178,3 +178,82 @@ def test_miniature_matrix_on_committed_records(tmp_path):
         assert r["verdict"] in ("agree", "disagree") if n_hops >= 50 else r["verdict"].startswith("insufficient")
         assert r["D_md"] > 0 and r["D_kmc"] > 0
     assert (tmp_path / "report.md").read_text().startswith("# Validation matrix")
+
+
+HETERO = """
+[[case]]
+id = "Xi-het"
+defect = "interstitial"
+structure = "heterojunction"
+thickness_I = 2
+thickness_Br = 2
+interface = "Br-rich"
+shape = [4, 2, 2]
+where = "interface"
+temperatures_K = [600.0]
+compare = "profile"
+
+[[case]]
+id = "Xi-nano"
+defect = "interstitial"
+structure = "nanodomain"
+domain_species = "I"
+domain_size = 2
+shape = [4, 4, 4]
+where = "domain"
+temperatures_K = [600.0]
+compare = "mixing"
+"""
+
+
+def pseudo_frame_records(case, T, n_runs, run_ps, frame_ps, seed):
+    """Frame-sampled pseudo-MD records (layer occupancy or mixing counts) from KMC with the default catalog."""
+    from md_reference.md_analysis import layer_occupancy
+    from workflows.matrix_kmc import kmc_cell
+
+    cat = load_catalog("default")
+    recs = []
+    for r in range(n_runs):
+        config, d = kmc_cell(case, case.shape, seed + r)
+        sim = Simulation(config, d, cat, T, seed * 100 + r, event_log=1 << 30)
+        n_frames = int(round(run_ps / frame_ps)) + 1
+        sites, mixing = [], []
+        ex = None
+        for k in range(n_frames):
+            ex_k = run_with_exposure(sim, 10 ** 9, t_stop_s=k * frame_ps * 1e-12)
+            ex = ex_k if ex is None else type(ex)(T, ex.hop_counts + ex_k.hop_counts, ex.exposure_s + ex_k.exposure_s,
+                                                  ex.time_s + ex_k.time_s, ex.n_events + ex_k.n_events)
+            sites.append(int(sim.state.def_site[0]))
+            mixing.append(int(sim.mixing_counts().sum()))
+        classes = [{"cls": int(c), "n_hops": int(ex.hop_counts[c]), "exposure_ps": float(ex.exposure_s[c] * 1e12)}
+                   for c in np.flatnonzero(ex.exposure_s > 0)]
+        rec = {"run_index": r, "file": f"T{T:g}_r{r}.h5", "trajectory_sha256": f"{case.id}-{r}", "temperature_K": T,
+               "duration_ps": run_ps, "lattice_constant_A": 6.1,
+               "tracking": {"n_hops": int(ex.n_events), "classes": classes, "events": [], "n_complex_frames": 0}}
+        if case.compare == "profile":
+            rec["layer_occupancy"] = layer_occupancy(np.array(sites), config, T)
+        else:
+            m = np.array(mixing)
+            rec["mixing"] = {"time_ps": np.arange(n_frames) * frame_ps, "events": m - m[0]}
+        recs.append(rec)
+    return recs
+
+
+def test_profile_and_mixing_paths_on_planted_inputs(tmp_path):
+    from workflows.matrix import evaluate_mixing, evaluate_profile
+
+    spec = load_spec(write_spec(tmp_path, SPEC_HEAD + HETERO))
+    het, nano = spec.cases
+    recs = {600.0: pseudo_frame_records(het, 600.0, 6, 300.0, 0.5, 3)}
+    prof = evaluate_profile(spec, het, recs)["profiles"]
+    assert {p["fit"] for p in prof} == {"all", "held-out"}
+    p = [p for p in prof if p["fit"] == "all"][0]
+    assert p["n_hops_md"] >= 50 and p["dof"] == len(p["md_fraction"]) - 1
+    assert np.isclose(np.sum(p["md_fraction"]), 1) and np.isclose(np.sum(p["kmc_fraction"]), 1)
+    assert p["p_value"] > 0.001, p  # the same model: the chi-square is not extreme
+    assert set(p["F_I_layer_minus_Br_layer_eV"]) == {"md", "kmc"}
+    recs = {600.0: pseudo_frame_records(nano, 600.0, 6, 100.0, 1.0, 4)}
+    mix = evaluate_mixing(spec, nano, recs)["mixing"]
+    m = [m for m in mix if m["fit"] == "all"][0]
+    assert m["md_mixing_events"] >= 0 and m["kmc_mixing_events"] >= 0 and m["n_kmc"] >= 16
+    assert m["verdict"] in ("agree", "disagree") or m["verdict"].startswith("insufficient")

@@ -23,7 +23,7 @@ in the paper, kinisi, hop counting with a correlation factor, bootstrap over
 runs) so that their spread is visible.
 
 *Profile* cases compare the defect's residence per halide plane (MD frames
-against KMC residence times) with a chi-square over planes; *mixing* cases
+against KMC residence times) with a Hotelling-type T^2 over planes (covariance from KMC replicas of the MD run length); *mixing* cases
 the mixing counts at the end of an MD run.
 """
 
@@ -219,9 +219,37 @@ def _plane_fractions_md(rec) -> np.ndarray:
     return c / c.sum() if c.sum() else c
 
 
-def evaluate_profile(spec: MatrixSpec, case: Case, records: dict) -> dict:
+def profile_test(md_f: np.ndarray, km_f: np.ndarray) -> tuple[float | None, int | None, float | None]:
+    """Hotelling-type test of equal mean plane fractions of MD runs and KMC replicas.
+
+    Under the hypothesis that both come from the same process, the per-run
+    covariance ``C`` of the fractions is the same on both sides; it is estimated
+    from the (many) KMC replicas, which do not need the few MD runs to carry
+    their own. ``T2 = d^T [C (1/n_md + 1/n_kmc)]^+ d`` over the planes (one
+    dimension is lost to the sum rule; the pseudo-inverse keeps the rank
+    ``k``), and ``T2 (n_kmc - k) / (k (n_kmc - 1))`` follows F(k, n_kmc - k).
+
+    Returns (T2, k, p), or Nones with fewer than 2 MD runs.
+    """
     from scipy import stats as st  # noqa: PLC0415
 
+    n_md, n_km = len(md_f), len(km_f)
+    if n_md < 2 or n_km < 3:
+        return None, None, None
+    d = md_f.mean(axis=0) - km_f.mean(axis=0)
+    C = np.cov(km_f, rowvar=False) * (1.0 / n_md + 1.0 / n_km)
+    w, V = np.linalg.eigh(C)
+    keep = w > w.max() * 1e-10
+    k = int(keep.sum())
+    if k == 0 or n_km <= k:
+        return None, None, None
+    y = V[:, keep].T @ d
+    t2 = float(np.sum(y * y / w[keep]))
+    f = t2 * (n_km - k) / (k * (n_km - 1))
+    return t2, k, float(st.f.sf(f, k, n_km - k))
+
+
+def evaluate_profile(spec: MatrixSpec, case: Case, records: dict) -> dict:
     out = []
     fits = _fits(case, records, spec)
     for fit, per_T in fits.items():
@@ -231,21 +259,18 @@ def evaluate_profile(spec: MatrixSpec, case: Case, records: dict) -> dict:
                 continue
             n_hops = int(sum(r["tracking"]["n_hops"] for r in recs))
             a = _lattice_a(recs)
-            total_ps = sum(r["duration_ps"] for r in recs)
-            reps = MK.run_replicas(case, cat, case.shape, T, a, spec.kmc.time_factor * total_ps * MK.PS,
-                                   spec.kmc.replicas, spec.kmc.seed)
+            # KMC replicas like the MD runs: same start rule, same length (the approach to equilibrium from
+            # the starting site is part of what is compared), and many of them for the covariance.
+            dur = float(np.mean([r["duration_ps"] for r in recs]))
+            n_rep = max(4 * len(recs), 48)
+            reps = MK.run_replicas(case, cat, case.shape, T, a, dur * MK.PS, n_rep, spec.kmc.seed, n_obs=4)
             md_f = np.array([_plane_fractions_md(r) for r in recs])
             km_f = np.array([r["occ_time"] / r["occ_time"].sum() for r in reps])
             spp = np.asarray(reps[0]["sites_per_plane"], dtype=np.float64)
-            mm, ms = md_f.mean(axis=0), md_f.std(axis=0, ddof=1) / math.sqrt(len(md_f)) if len(md_f) > 1 else None
+            mm = md_f.mean(axis=0)
+            ms = md_f.std(axis=0, ddof=1) / math.sqrt(len(md_f)) if len(md_f) > 1 else None
             km, ks = km_f.mean(axis=0), km_f.std(axis=0, ddof=1) / math.sqrt(len(km_f))
-            chi2 = dof = p = None
-            if ms is not None:
-                var = ms ** 2 + ks ** 2
-                ok = var > 0
-                chi2 = float(np.sum((mm[ok] - km[ok]) ** 2 / var[ok]))
-                dof = int(ok.sum() - 1)
-                p = float(st.chi2.sf(chi2, dof)) if dof > 0 else None
+            chi2, dof, p = profile_test(md_f, km_f)
             kT = K_B_EV * T
 
             def F(frac):
@@ -253,7 +278,8 @@ def evaluate_profile(spec: MatrixSpec, case: Case, records: dict) -> dict:
                 with np.errstate(divide="ignore"):
                     return np.where(ps > 0, -kT * np.log(ps / ps.max()), np.inf)
 
-            region = np.asarray(recs[0]["layer_occupancy"].get("region") or [], dtype=float)
+            reg = recs[0]["layer_occupancy"].get("region")
+            region = np.asarray([] if reg is None else reg, dtype=float)
             contrast = {}
             for name, f in (("md", mm), ("kmc", km)):
                 if region.size == f.size:
@@ -467,7 +493,7 @@ def format_report(report: dict) -> str:
     prof = [p for c in report["cases"].values() for p in c.get("profiles", [])]
     if prof:
         L += ["", "## Heterojunction occupancy profiles", "",
-              "| case | T (K) | fit | MD hops | runs | chi2 / dof | p | F(I layer) - F(Br layer) MD | KMC | verdict |",
+              "| case | T (K) | fit | MD hops | runs | T2 / dof | p | F(I layer) - F(Br layer) MD | KMC | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         for p in prof:
             c = p["F_I_layer_minus_Br_layer_eV"]

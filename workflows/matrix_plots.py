@@ -67,11 +67,11 @@ def plot_profiles(report: dict, path: Path) -> bool:
     for ax, p in zip(axes[0], prof):
         planes = np.arange(len(p["md_fraction"]))
         ax.errorbar(planes, [_f(v) for v in p["md_fraction"]],
-                    yerr=[_f(v) for v in (p["md_fraction_err"] or [None] * planes.size)], fmt="ks", ms=3,
+                    yerr=[_f(v) for v in (p["md_fraction_err"] if p["md_fraction_err"] is not None else [None] * planes.size)], fmt="ks", ms=3,
                     capsize=2, label="MD")
         ax.errorbar(planes + 0.1, [_f(v) for v in p["kmc_fraction"]], yerr=[_f(v) for v in p["kmc_fraction_err"]],
                     fmt="o", color="C3", ms=3, capsize=2, label="KMC")
-        reg = np.asarray(p["region"] or [], dtype=float)
+        reg = np.asarray([] if p["region"] is None else p["region"], dtype=float)
         for k in np.flatnonzero(reg == 0):
             ax.axvspan(k - 0.5, k + 0.5, color="C0", alpha=0.08, lw=0)
         ax.set_title(f"{p['case']} {p['temperature_K']:g} K (I layer shaded)", fontsize=8)
