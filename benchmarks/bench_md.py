@@ -8,10 +8,10 @@ Run from the repository root (one thread, as in production)::
 
 Workload: a 6x6x6 cubic CsPbI3 supercell (a = 6.30 A) with one split iodide
 interstitial (1081 atoms), Nose-Hoover NVT at 600 K, 2 fs steps, through
-:class:`md_reference.lammps_driver.LammpsSession`:
+:class:`md_reference.md.lammps_driver.LammpsSession`:
 
 * ReaxFF (``--reaxff``, the 2024 I/Br/Pb/Cs set) with QEq;
-* an Allegro model of the ``paper`` preset of :mod:`md_reference.training`
+* an Allegro model of the ``paper`` preset of :mod:`md_reference.ml.training`
   (r_max 6 A, l_max 2, 2 layers, 64/32 features, 1.3e5 parameters) through
   ``fix external``, eager (torch) and AOTInductor-compiled (``--target ase``,
   which also computes the stress/virial). Timing does not depend on the
@@ -57,7 +57,7 @@ SHAPE = (6, 6, 6)
 
 
 def environment(torch_threads: int | None) -> dict:
-    from md_reference.training import versions
+    from md_reference.ml.training import versions
 
     return {
         "cpu_model": cpu_model(),
@@ -72,7 +72,7 @@ def environment(torch_threads: int | None) -> dict:
 
 
 def build_system(seed: int):
-    from md_reference.structures import build_cell
+    from md_reference.md.structures import build_cell
 
     atoms, _, _ = build_cell("pure", SHAPE, species="I", defect="interstitial", where="random",
                              lattice_constant=LATTICE_A, seed=seed)
@@ -81,7 +81,7 @@ def build_system(seed: int):
 
 def time_md(atoms, potential, steps: int, warmup: int, seed: int) -> dict:
     """Warm up, then time ``steps`` NVT steps; returns ms/step and ns/day."""
-    from md_reference.lammps_driver import LammpsSession, MDSettings
+    from md_reference.md.lammps_driver import LammpsSession, MDSettings
 
     with LammpsSession(atoms, potential) as sess:
         sess.setup_md(MDSettings(temperature_K=TEMPERATURE_K, timestep_fs=TIMESTEP_FS, seed=seed))
@@ -115,7 +115,7 @@ def time_calculator(atoms, calc, repeats: int = 5) -> float:
 
 def make_paper_model(workdir: Path, reaxff: str, seed: int) -> tuple[Path, dict]:
     """Package a 'paper'-preset Allegro trained for one epoch on a few ReaxFF frames."""
-    from md_reference import training as T
+    from md_reference.ml import training as T
 
     t0 = time.perf_counter()
     settings = T.SamplingSettings(frames_per_cell=2, equilibration_steps=50, sample_every=10, seed=seed,
@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from md_reference.allegro import AllegroPotential
-    from md_reference.potentials import ReaxFF
+    from md_reference.ml.allegro import AllegroPotential
+    from md_reference.md.potentials import ReaxFF
 
     atoms = build_system(args.seed)
     rows: list[dict] = []

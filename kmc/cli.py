@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = rsub.add_parser("show", help="print a catalog as a table")
     show.add_argument("catalog", nargs="?", default="default", help="catalog file (default: embedded)")
     show.add_argument("--json", action="store_true", help="also print the JSON")
-    from md_reference.neb_cli import add_neb_parser  # argparse only; ASE/LAMMPS load on use
+    from md_reference.neb.cli import add_neb_parser  # argparse only; ASE/LAMMPS load on use
 
     add_neb_parser(rsub)
     from rates.fit import FIT_MODES

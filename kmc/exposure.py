@@ -1,6 +1,6 @@
 """Exact per-class hop counts and exposure of a KMC trajectory.
 
-The same observables :mod:`md_reference.tracker` extracts from MD, here from
+The same observables :mod:`md_reference.analysis.tracker` extracts from MD, here from
 the KMC itself: synthetic data with known rates for :mod:`rates.fit`.
 
 For a residence-time trajectory with channel rates constant between events,

@@ -160,8 +160,8 @@ def _steps(ps: float, dt_fs: float, name: str) -> int:
 
 
 def cmd_md_run(args) -> int:
-    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
-    from md_reference.runner import MDJob, StructureSpec, run_all  # noqa: PLC0415
+    from md_reference.md.lammps_driver import MDSettings  # noqa: PLC0415
+    from md_reference.md.runner import MDJob, StructureSpec, run_all  # noqa: PLC0415
 
     lc = args.lattice_constant
     if lc not in ("vegard", "npt"):
@@ -193,8 +193,8 @@ def cmd_md_run(args) -> int:
         a_Br_A=args.a_Br,
     )
     # Fail on a bad potential or structure before starting workers.
-    from md_reference.potentials import load_potential  # noqa: PLC0415
-    from md_reference.structures import build_cell  # noqa: PLC0415
+    from md_reference.md.potentials import load_potential  # noqa: PLC0415
+    from md_reference.md.structures import build_cell  # noqa: PLC0415
 
     load_potential(job.potential)
     build_cell(job.structure.kind, job.structure.shape, defect=job.structure.defect, where=where,
@@ -214,7 +214,7 @@ def cmd_md_run(args) -> int:
 
 
 def cmd_md_analyze(args) -> int:
-    from md_reference.analyze import analyze_files, expand_paths, print_report  # noqa: PLC0415
+    from md_reference.analysis.analyze import analyze_files, expand_paths, print_report  # noqa: PLC0415
 
     files = expand_paths(args.trajectories)
     tracker = {k: v for k, v in (("window_frames", args.window_frames), ("hysteresis_A", args.hysteresis_A),
@@ -237,7 +237,7 @@ def _command_line(args_list=None) -> str:
 
 
 def cmd_md_train(args) -> int:
-    from md_reference.training import train_pipeline  # noqa: PLC0415
+    from md_reference.ml.training import train_pipeline  # noqa: PLC0415
 
     loss = {}
     for item in args.loss:
@@ -269,8 +269,8 @@ def cmd_md_train(args) -> int:
 
 def _model_spec(model: str, compile_mode: str, device: str):
     """A potential spec from ``KIND:PATH``, a model file or a bundled model name (Allegro by default)."""
-    from md_reference.allegro import BUNDLED_MODELS  # noqa: PLC0415 - no torch at import
-    from md_reference.potentials import POTENTIALS  # noqa: PLC0415
+    from md_reference.ml.allegro import BUNDLED_MODELS  # noqa: PLC0415 - no torch at import
+    from md_reference.md.potentials import POTENTIALS  # noqa: PLC0415
 
     kind = model.split(":", 1)[0] if ":" in model else None
     if kind in POTENTIALS and kind != "allegro":
@@ -281,8 +281,8 @@ def _model_spec(model: str, compile_mode: str, device: str):
 
 
 def _default_reference(model_path: Path) -> str:
-    from md_reference.potentials import file_sha256  # noqa: PLC0415
-    from md_reference.training import model_record_path  # noqa: PLC0415
+    from md_reference.md.potentials import file_sha256  # noqa: PLC0415
+    from md_reference.ml.training import model_record_path  # noqa: PLC0415
 
     rec_path = model_record_path(model_path)
     if not rec_path.is_file():
@@ -306,7 +306,7 @@ def _default_reference(model_path: Path) -> str:
 
 
 def cmd_md_validate(args) -> int:
-    from md_reference.validation import ValidationSettings, format_report, validate_potential  # noqa: PLC0415
+    from md_reference.ml.validation import ValidationSettings, format_report, validate_potential  # noqa: PLC0415
 
     spec = _model_spec(args.model, args.compile, args.device)
     model_path = Path(spec["path"]) if isinstance(spec, dict) else Path(args.model.split(":", 1)[1])

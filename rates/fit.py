@@ -5,7 +5,7 @@ Observations
 For every temperature ``T`` and hop class ``c`` (:mod:`lattice.environment`)
 the data are the number of hops ``n`` and the *exposure* ``tau`` (s): the time
 integral of the number of open paths of class ``c``, summed over all defects
-(summed residence time x open exit paths; :mod:`md_reference.tracker` computes
+(summed residence time x open exit paths; :mod:`md_reference.analysis.tracker` computes
 it from MD, :mod:`kmc.exposure` from a KMC trajectory). If every path of class
 ``c`` hops with one rate ``k`` (a Poisson process per path), the log-likelihood
 of a trajectory is, up to a constant,
@@ -73,7 +73,7 @@ from rates.ratelaw import K_B_EV
 
 log = logging.getLogger(__name__)
 
-#: Schema of the analysis file written by ``kmc md analyze`` (:mod:`md_reference.analyze`).
+#: Schema of the analysis file written by ``kmc md analyze`` (:mod:`md_reference.analysis.analyze`).
 MD_ANALYSIS_SCHEMA = "halide-kmc/md-analysis"
 MD_ANALYSIS_SCHEMA_VERSION = 1
 PS_TO_S = 1.0e-12

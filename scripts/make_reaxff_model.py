@@ -2,7 +2,7 @@
 
 Steps (each is a ``kmc md`` command, so the model record holds a command anyone can rerun):
 
-1. ``kmc md train``: the ``small`` dataset preset of :mod:`md_reference.dataset`
+1. ``kmc md train``: the ``small`` dataset preset of :mod:`md_reference.ml.dataset`
    (thermal MD of pure, mixed x = 0.25/0.5/0.75, heterojunction and nanodomain
    cells with one vacancy or split interstitial at 300 and 600 K, strained
    cells, IDPP hop paths, NEB bands in 3x3x3 mixed cells; farthest-point

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from md_reference import training as T  # noqa: E402
-from md_reference.potentials import ReaxFF, file_sha256  # noqa: E402
+from md_reference.ml import training as T  # noqa: E402
+from md_reference.md.potentials import ReaxFF, file_sha256  # noqa: E402
 
 DEFAULT_REAXFF = REPO.parent / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff"
 DEFAULT_OUT = REPO / "tests" / "data" / "tiny_allegro.nequip.zip"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_file": out.name,
         "model_sha256": file_sha256(out),
         "model_bytes": size,
-        "purpose": "plumbing tests of md_reference.allegro (not a physical model)",
+        "purpose": "plumbing tests of md_reference.ml.allegro (not a physical model)",
         "command": " ".join(["python", "scripts/make_test_model.py",
                              *(shlex.quote(a) for a in (argv or sys.argv[1:]))]),
         "git_revision": git_revision(),

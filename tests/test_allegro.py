@@ -1,4 +1,4 @@
-"""Allegro models driving LAMMPS (``md_reference.allegro``) and training configs.
+"""Allegro models driving LAMMPS (``md_reference.ml.allegro``) and training configs.
 
 Uses the committed tiny model ``tests/data/tiny_allegro.nequip.zip`` (720
 parameters, float32; regenerate with ``scripts/make_test_model.py``). Skips
@@ -30,16 +30,16 @@ pytest.importorskip("nequip", reason="nequip is not installed (allegro extra)")
 pytest.importorskip("allegro", reason="nequip-allegro is not installed (allegro extra)")
 pytest.importorskip("ase", reason="ASE is not installed (md extra)")
 
-from md_reference.lammps_lib import lammps_available  # noqa: E402
+from md_reference.md.lammps_lib import lammps_available  # noqa: E402
 
 _LMP_OK, _LMP_WHY = lammps_available()
 if not _LMP_OK:
     pytest.skip(f"LAMMPS unavailable: {_LMP_WHY}", allow_module_level=True)
 
-from md_reference.allegro import AllegroPotential, cached_compiled_path  # noqa: E402
-from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: E402
-from md_reference.potentials import PotentialError, load_potential  # noqa: E402
-from md_reference.structures import build_atoms, build_cell  # noqa: E402
+from md_reference.ml.allegro import AllegroPotential, cached_compiled_path  # noqa: E402
+from md_reference.md.lammps_driver import LammpsSession, MDSettings  # noqa: E402
+from md_reference.md.potentials import PotentialError, load_potential  # noqa: E402
+from md_reference.md.structures import build_atoms, build_cell  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny_allegro.nequip.zip"
@@ -161,7 +161,7 @@ def test_virial_from_stress(tiny):
     with LammpsSession(atoms, tiny) as sess:
         sess.lmp.command("compute pv all pressure NULL virial")
         sess.energy_forces()
-        from md_reference.lammps_lib import lammps_module
+        from md_reference.md.lammps_lib import lammps_module
 
         L = lammps_module()
         p_bar = np.array(sess.lmp.numpy.extract_compute("pv", L.LMP_STYLE_GLOBAL, L.LMP_TYPE_VECTOR))
@@ -176,7 +176,7 @@ def test_training_config_builds_model(tmp_path):
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from md_reference import training as T
+    from md_reference.ml import training as T
 
     frames = []
     for k in range(3):
@@ -202,7 +202,7 @@ def test_training_config_builds_model(tmp_path):
 @pytest.mark.slow
 def test_compile_and_cache(tmp_path, tiny, monkeypatch):
     """nequip-compile (AOTInductor, --target ase) into the cache; a second load reuses it."""
-    import md_reference.allegro as A
+    import md_reference.ml.allegro as A
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("HALIDE_KMC_CACHE", str(tmp_path / "unused"))

@@ -29,16 +29,16 @@ pytest.importorskip("ase", reason="ASE is not installed (md extra)")
 from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
 from ase.calculators.lj import LennardJones  # noqa: E402
 
-from md_reference import dataset as D  # noqa: E402
-from md_reference import validation as V  # noqa: E402
-from md_reference.structures import build_atoms, build_cell  # noqa: E402
+from md_reference.ml import dataset as D  # noqa: E402
+from md_reference.ml import validation as V  # noqa: E402
+from md_reference.md.structures import build_atoms, build_cell  # noqa: E402
 
 REAXFF = Path(__file__).resolve().parents[1].parent / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff"
 
 
 def _lammps_ok():
     try:
-        from md_reference.lammps_lib import lammps_available
+        from md_reference.md.lammps_lib import lammps_available
     except ImportError as exc:  # pragma: no cover
         return False, str(exc)
     return lammps_available()
@@ -205,7 +205,7 @@ def test_fit_energy_shifts_known_answer(tmp_path):
     pytest.importorskip("yaml", reason="pyyaml (comes with nequip) is not installed")
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from md_reference import training as T
+    from md_reference.ml import training as T
 
     mu = {"Cs": -4.0, "Pb": -6.0, "I": -1.1, "Br": -1.7}
     frames = []
@@ -292,9 +292,9 @@ def test_reference_validated_against_itself(tmp_path):
 def test_train_deploy_validate_end_to_end(tmp_path, monkeypatch, capsys):
     import torch
 
-    import md_reference.allegro as A
+    import md_reference.ml.allegro as A
     from kmc.cli import main
-    from md_reference.lammps_driver import LammpsSession, MDSettings
+    from md_reference.md.lammps_driver import LammpsSession, MDSettings
 
     torch.set_num_threads(1)
     compiled = []
@@ -354,9 +354,9 @@ def test_train_deploy_validate_end_to_end(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(_nequip_missing() is not None, reason=str(_nequip_missing()))
 def test_bundled_model_loads_with_its_record():
     """``allegro:reaxff-small`` loads eagerly out of the box; its record and validation report match it."""
-    import md_reference.allegro as A
-    from md_reference.potentials import load_potential
-    from md_reference.training import model_record_path
+    import md_reference.ml.allegro as A
+    from md_reference.md.potentials import load_potential
+    from md_reference.ml.training import model_record_path
 
     path = A.BUNDLED_MODELS["reaxff-small"]
     if not path.is_file():

@@ -60,4 +60,79 @@ def test_package_list_is_complete():
     tomllib = pytest.importorskip("tomllib")
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert listed == set(PACKAGES)
+    on_disk = {module_name(f) for pkg in PACKAGES for f in (REPO / pkg).rglob("__init__.py")}
+    assert listed == on_disk  # every package and subpackage is installed
+
+
+SUBLAYERS = {  # inside md_reference: what each subpackage may import of its siblings
+    "md_reference.md": set(),
+    "md_reference.analysis": {"md_reference.md"},
+    "md_reference.neb": {"md_reference.md"},
+    "md_reference.ml": {"md_reference.md", "md_reference.analysis", "md_reference.neb"},
+}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every import (top level or inside functions) between the project's modules."""
+    files = {module_name(f): f for pkg in PACKAGES for f in (REPO / pkg).rglob("*.py")}
+    graph = {}
+    for mod, f in files.items():
+        tree = ast.parse(f.read_text(), filename=str(f))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                cands = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                cands = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for c in cands:
+                if c in files and c != mod:
+                    deps.add(c)
+        graph[mod] = deps
+    return graph
+
+
+def test_md_reference_subpackages_import_only_downwards():
+    bad = []
+    for mod, deps in module_graph().items():
+        sub = ".".join(mod.split(".")[:2])
+        if sub not in SUBLAYERS:
+            continue
+        for d in deps:
+            dsub = ".".join(d.split(".")[:2])
+            if dsub in SUBLAYERS and dsub != sub and dsub not in SUBLAYERS[sub]:
+                bad.append(f"{mod} imports {d}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    graph = module_graph()
+    # package __init__ modules re-export their children; an edge child -> parent package is not a cycle
+    for mod in graph:
+        graph[mod] = {d for d in graph[mod] if not mod.startswith(d + ".")}
+    state, stack, cycles = {}, [], []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

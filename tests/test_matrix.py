@@ -208,7 +208,7 @@ compare = "mixing"
 
 def pseudo_frame_records(case, T, n_runs, run_ps, frame_ps, seed):
     """Frame-sampled pseudo-MD records (layer occupancy or mixing counts) from KMC with the default catalog."""
-    from md_reference.md_analysis import layer_occupancy
+    from md_reference.analysis.observables import layer_occupancy
     from workflows.matrix_kmc import kmc_cell
 
     cat = load_catalog("default")

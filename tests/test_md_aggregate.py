@@ -23,7 +23,7 @@ def _record(T, run, classes, n_hops, D):
 
 
 def test_exposure_and_hops_are_summed_over_runs_per_temperature():
-    from md_reference.analyze import _per_temperature
+    from md_reference.analysis.analyze import _per_temperature
 
     recs = [_record(500.0, 0, [(3, 2, 10.0), (7, 0, 5.0)], 2, 1e-5),
             _record(500.0, 1, [(3, 1, 30.0)], 1, 3e-5),

@@ -1,4 +1,4 @@
-"""MD analyses with known answers (md_reference.md_analysis): Eq. 1 D, Arrhenius,
+"""MD analyses with known answers (md_reference.analysis.observables): Eq. 1 D, Arrhenius,
 Boltzmann layer profile, bridge statistics, nanodomain mixing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from lattice import HalideSublattice, build_heterojunction, build_nanodomain
 from lattice.species import BR, I, VACANCY
-from md_reference.md_analysis import (
+from md_reference.analysis.observables import (
     arrhenius,
     bridge_statistics,
     combine_runs,

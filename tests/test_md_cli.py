@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("ase", reason="the md extra (ASE) is not installed")
 pytestmark = pytest.mark.md
 
-from md_reference.lammps_lib import lammps_available  # noqa: E402
+from md_reference.md.lammps_lib import lammps_available  # noqa: E402
 
 if not lammps_available()[0]:
     pytest.skip("LAMMPS cannot be started", allow_module_level=True)

@@ -13,17 +13,17 @@ import pytest
 pytest.importorskip("ase", reason="the md extra (ASE) is not installed")
 pytestmark = pytest.mark.md
 
-from md_reference.lammps_lib import lammps_available  # noqa: E402
+from md_reference.md.lammps_lib import lammps_available  # noqa: E402
 
 _OK, _WHY = lammps_available()
 if not _OK:
     pytest.skip(f"LAMMPS cannot be started: {_WHY}", allow_module_level=True)
 
-from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: E402
-from md_reference.potentials import KCAL_MOL_TO_EV, PotentialError, load_potential  # noqa: E402
-from md_reference.runner import MDJob, StructureSpec, run_md  # noqa: E402
-from md_reference.structures import build_cell  # noqa: E402
-from md_reference.trajectory import TrajectoryError, read_trajectory  # noqa: E402
+from md_reference.md.lammps_driver import LammpsSession, MDSettings  # noqa: E402
+from md_reference.md.potentials import KCAL_MOL_TO_EV, PotentialError, load_potential  # noqa: E402
+from md_reference.md.runner import MDJob, StructureSpec, run_md  # noqa: E402
+from md_reference.md.structures import build_cell  # noqa: E402
+from md_reference.md.trajectory import TrajectoryError, read_trajectory  # noqa: E402
 
 REAXFF = Path(__file__).resolve().parents[1].parent / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff"
 needs_reaxff = pytest.mark.skipif(not REAXFF.is_file(), reason=f"reference ReaxFF file not found at {REAXFF}")
@@ -181,7 +181,7 @@ def test_md_settings_validation():
 
 @needs_reaxff
 def test_ase_calculator_stress_matches_strain_derivative():
-    from md_reference.calculator import LammpsCalculator
+    from md_reference.md.calculator import LammpsCalculator
 
     atoms, _, _ = build_cell("pure", (2, 2, 2), species="I", defect="vacancy", where=3, lattice_constant=6.2)
     atoms.rattle(0.05, seed=1)

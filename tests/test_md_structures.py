@@ -1,4 +1,4 @@
-"""Atomistic cells built by md_reference.structures agree with the lattice model."""
+"""Atomistic cells built by md_reference.md.structures agree with the lattice model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ pytest.importorskip("ase", reason="the md extra (ASE) is not installed")
 
 from lattice import HalideSublattice, build_heterojunction, build_nanodomain, build_pure, place_defects  # noqa: E402
 from lattice.species import BRIDGE, VACANCY  # noqa: E402
-from md_reference.structures import (  # noqa: E402
+from md_reference.md.structures import (  # noqa: E402
     build_atoms,
     build_cell,
     occupancy_from_atoms,

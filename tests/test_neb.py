@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes  # noqa: E402
 from lattice import HalideSublattice, build_heterojunction, build_pure, build_random_mix  # noqa: E402
 from lattice.environment import decode_class  # noqa: E402
 from lattice.species import I  # noqa: E402
-from md_reference import neb as N  # noqa: E402
+from md_reference.neb import band as N  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAXFF = SHARED / "potentials" / "reaxff" / "IBrPbCs.ff"
@@ -26,7 +26,7 @@ needs_dft = pytest.mark.skipif(not DFT_PATHS.is_dir(), reason=f"DFT reference pa
 
 
 def _lammps_ok():
-    from md_reference.lammps_lib import lammps_available
+    from md_reference.md.lammps_lib import lammps_available
 
     return lammps_available()
 
@@ -87,8 +87,8 @@ def test_lj_vacancy_hop_matches_symmetric_saddle():
         pytest.skip(f"LAMMPS cannot be started: {why}")
     from ase.build import bulk
 
-    from md_reference.calculator import LammpsCalculator
-    from md_reference.potentials import load_potential
+    from md_reference.md.calculator import LammpsCalculator
+    from md_reference.md.potentials import load_potential
 
     pot = load_potential({"kind": "lammps", "pair_style": "lj/cut 8.0", "pair_coeff": ["* * 0.01 2.6"],
                           "elements": ["Cs"]})

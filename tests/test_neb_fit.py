@@ -638,7 +638,7 @@ def test_real_neb_records_load_and_fit(tmp_path):
     pytest.importorskip("ase", reason="the md extra (ASE) is not installed")
     if not REAXFF.is_file():
         pytest.skip(f"reference ReaxFF file not found at {REAXFF}")
-    from md_reference.lammps_lib import lammps_available
+    from md_reference.md.lammps_lib import lammps_available
 
     if not lammps_available():
         pytest.skip("LAMMPS is not available")

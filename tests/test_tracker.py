@@ -1,4 +1,4 @@
-"""Defect tracking on synthetic MD trajectories (md_reference.tracker).
+"""Defect tracking on synthetic MD trajectories (md_reference.analysis.tracker).
 
 Trajectories are built from the ideal halide sites plus seeded Gaussian
 thermal noise; hops are planted by moving atoms linearly between sites, so the
@@ -15,7 +15,7 @@ import pytest
 from lattice import HalideSublattice, build_pure, build_random_mix
 from lattice.environment import N_CLASSES, classify_hop, encode_class
 from lattice.species import BR, BRIDGE, I, KIND_INTERSTITIAL, KIND_VACANCY, VACANCY
-from md_reference.tracker import DefectTrack, HopEvent, track_defects
+from md_reference.analysis.tracker import DefectTrack, HopEvent, track_defects
 
 A_A = 6.0  # lattice constant (A)
 DT_PS = 0.02  # frame spacing (ps)

@@ -44,9 +44,9 @@ def record_path(out, case: Case, temperature_K: float, run_index: int) -> Path:
 
 
 def case_job(spec: MatrixSpec, case: Case, out):
-    """The :class:`md_reference.runner.MDJob` of a case (all temperatures, ``max_runs`` runs each)."""
-    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
-    from md_reference.runner import MDJob, StructureSpec  # noqa: PLC0415
+    """The :class:`md_reference.md.runner.MDJob` of a case (all temperatures, ``max_runs`` runs each)."""
+    from md_reference.md.lammps_driver import MDSettings  # noqa: PLC0415
+    from md_reference.md.runner import MDJob, StructureSpec  # noqa: PLC0415
 
     md = case.md
     settings = MDSettings(temperature_K=case.temperatures_K[0], timestep_fs=md.dt_fs,
@@ -120,10 +120,10 @@ def _lattice_hops(events: list[dict], lattice, a_A: float) -> dict:
 def compact_record(traj_path, case: Case, physics_hash: str, kinisi: bool = True) -> dict:
     """Analyse one trajectory into the JSON record the matrix keeps."""
     from common.diffusion import kinisi_eq1  # noqa: PLC0415
-    from md_reference.analyze import analyze_trajectory  # noqa: PLC0415
-    from md_reference.md_analysis import msd_eq1  # noqa: PLC0415
-    from md_reference.trajectory import read_trajectory  # noqa: PLC0415
-    from md_reference.tracker import remove_framework_drift, track_defects  # noqa: PLC0415
+    from md_reference.analysis.analyze import analyze_trajectory  # noqa: PLC0415
+    from md_reference.analysis.observables import msd_eq1  # noqa: PLC0415
+    from md_reference.md.trajectory import read_trajectory  # noqa: PLC0415
+    from md_reference.analysis.tracker import remove_framework_drift, track_defects  # noqa: PLC0415
 
     t0 = time.time()
     traj = read_trajectory(traj_path)
@@ -186,7 +186,7 @@ def compact_record(traj_path, case: Case, physics_hash: str, kinisi: bool = True
 def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: float | None,
              kinisi: bool = True) -> dict:
     """Run (or resume) the runs a lane needs until it has enough hops, the run cap, or the deadline."""
-    from md_reference.runner import run_file, run_md  # noqa: PLC0415
+    from md_reference.md.runner import run_file, run_md  # noqa: PLC0415
 
     pot_sha = _potential_sha(spec)
     h = case.physics_hash(pot_sha, spec.seed)

@@ -3,7 +3,7 @@
 :class:`AllegroPotential` loads a model of the NequIP framework (Allegro or
 NequIP) into nequip's own ASE calculator,
 :class:`nequip.integrations.ase.NequIPCalculator`, and hands it to LAMMPS with
-:class:`~md_reference.potentials.ExternalPotential`: every MD step LAMMPS calls
+:class:`~md_reference.md.potentials.ExternalPotential`: every MD step LAMMPS calls
 back with the positions, the calculator returns energy (eV), forces (eV/A)
 and stress, and LAMMPS gets the virial ``-stress * V``. Forces in LAMMPS are
 therefore the calculator's forces by construction (what LAMMPS adds is the
@@ -69,7 +69,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from md_reference.potentials import ExternalPotential, PotentialError, ase_calculator_compute, file_sha256
+from md_reference.md.potentials import ExternalPotential, PotentialError, ase_calculator_compute, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ COMPILE_TARGET = "ase"
 PACKAGE_SUFFIX = ".nequip.zip"
 COMPILED_SUFFIX = ".nequip.pt2"
 CACHE_SCHEMA = "halide-kmc/compiled-model/1"
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 #: Models shipped with the package: ``allegro:NAME`` (or ``AllegroPotential(NAME)``) loads the file.
 BUNDLED_MODELS = {"reaxff-small": DATA_DIR / "allegro_small_reaxff.nequip.zip"}
 

@@ -1,6 +1,6 @@
 """Analyses of MD runs: Eq. 1 diffusion, Arrhenius fits, layer occupancy, bridges, mixing.
 
-Pure NumPy on arrays that a trajectory reader or :func:`md_reference.tracker.track_defects`
+Pure NumPy on arrays that a trajectory reader or :func:`md_reference.analysis.tracker.track_defects`
 produced; no LAMMPS needed.
 
 * Eq. 1 of the paper, ``D = 1/6 d/dt < sum_i |r_i(t + t0) - r_i(t0)|^2 >_t0``,
@@ -74,7 +74,7 @@ def msd_eq1(
     ----------
     positions_A : (n_frames, n_atoms, 3) float
         Unwrapped positions (A), drift already removed by the caller
-        (e.g. :func:`md_reference.tracker.remove_framework_drift`).
+        (e.g. :func:`md_reference.analysis.tracker.remove_framework_drift`).
     times_ps : (n_frames,) float
         Evenly spaced frame times (ps).
     n_origins : int

@@ -1,7 +1,7 @@
 """An ASE calculator backed by a :class:`LammpsSession`.
 
 Lets ASE tools (optimisers, NEB, dataset labelling) use any potential of
-:mod:`md_reference.potentials` with exactly the energies and forces that the
+:mod:`md_reference.md.potentials` with exactly the energies and forces that the
 package's MD sees. The LAMMPS instance is kept between calls while the atoms
 (number, species, cell) stay the same; only the positions are updated.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from md_reference.lammps_driver import LammpsSession
-from md_reference.potentials import Potential, load_potential
+from md_reference.md.lammps_driver import LammpsSession
+from md_reference.md.potentials import Potential, load_potential
 
 # 1 bar in eV/A^3.
 BAR_TO_EV_A3 = 1e5 / 1.602176634e-19 * 1e-30
@@ -51,7 +51,7 @@ class LammpsCalculator(Calculator):
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
         if "stress" in properties:
             lmp = sess.lmp
-            from md_reference.potentials import UNIT_PRESSURE_TO_BAR  # noqa: PLC0415
+            from md_reference.md.potentials import UNIT_PRESSURE_TO_BAR  # noqa: PLC0415
 
             conv = UNIT_PRESSURE_TO_BAR[sess.units] * BAR_TO_EV_A3
             p = [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")]

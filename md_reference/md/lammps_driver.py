@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from md_reference.lammps_lib import new_lammps
-from md_reference.potentials import (
+from md_reference.md.lammps_lib import new_lammps
+from md_reference.md.potentials import (
     MASSES_AMU,
     UNIT_PRESSURE_TO_BAR,
     UNIT_TIME_TO_FS,

@@ -1,7 +1,7 @@
 """``kmc md analyze``: from trajectory files to a JSON summary and plots.
 
 Per trajectory: defect tracking and labelled hop events
-(:func:`md_reference.tracker.track_defects`), D by Eq. 1 for I, Br and all
+(:func:`md_reference.analysis.tracker.track_defects`), D by Eq. 1 for I, Br and all
 halides (X), and, depending on the configuration, the defect occupancy per
 layer with its Boltzmann free-energy profile (heterojunctions, Figure 4),
 bridge-composition statistics (interstitials in mixed cells) and mixing
@@ -24,7 +24,7 @@ import numpy as np
 
 from lattice.environment import N_CLASSES, class_label, decode_class
 from lattice.species import BR, I
-from md_reference.md_analysis import (
+from md_reference.analysis.observables import (
     arrhenius,
     bridge_statistics,
     combine_runs,
@@ -35,8 +35,8 @@ from md_reference.md_analysis import (
     msd_eq1,
     to_jsonable,
 )
-from md_reference.trajectory import Trajectory, read_trajectory
-from md_reference.tracker import track_defects
+from md_reference.md.trajectory import Trajectory, read_trajectory
+from md_reference.analysis.tracker import track_defects
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ itself for provenance (kind, files and their SHA-256). Three families:
   ``pair_style`` / ``pair_coeff`` templates: adding one is a few lines.
 * :class:`ExternalPotential` -- energies and forces computed in Python by an ASE
   calculator and handed to LAMMPS through ``fix external`` (``pf/callback``).
-  The Allegro/NequIP models of :mod:`md_reference.allegro` use it.
+  The Allegro/NequIP models of :mod:`md_reference.ml.allegro` use it.
 
 Potentials are built from a spec with :func:`load_potential`:
 ``"reaxff:PATH"``, ``"allegro:PATH"`` or a dict ``{"kind": ..., ...}``.
@@ -335,10 +335,21 @@ def _build_reaxff(spec: dict) -> Potential:
     return ReaxFF(spec["path"], **{k: v for k, v in spec.items() if k not in ("kind", "path")})
 
 
-def _build_allegro(spec: dict) -> Potential:
-    from md_reference.allegro import AllegroPotential  # noqa: PLC0415
+def _plugin(target: str) -> Callable[[dict], Potential]:
+    """Builder of a potential class named ``"module:Class"``, imported when first used.
 
-    return AllegroPotential(spec["path"], **{k: v for k, v in spec.items() if k not in ("kind", "path")})
+    The ML potentials live in :mod:`md_reference.ml`, which builds on this
+    module; naming them by string keeps the import graph one-directional
+    (``md`` never imports ``ml``) while ``load_potential("allegro:...")`` works.
+    """
+    def build(spec: dict) -> Potential:
+        import importlib  # noqa: PLC0415
+
+        mod, _, cls = target.partition(":")
+        return getattr(importlib.import_module(mod), cls)(
+            spec["path"], **{k: v for k, v in spec.items() if k not in ("kind", "path")})
+
+    return build
 
 
 def _build_lammps(spec: dict) -> Potential:
@@ -347,7 +358,7 @@ def _build_lammps(spec: dict) -> Potential:
 
 POTENTIALS: dict[str, Callable[[dict], Potential]] = {
     "reaxff": _build_reaxff,
-    "allegro": _build_allegro,
+    "allegro": _plugin("md_reference.ml.allegro:AllegroPotential"),
     "lammps": _build_lammps,
 }
 

@@ -19,7 +19,7 @@ onto KMC sites.
 
 Lattice constants: a number, ``"vegard"`` (linear in the iodide fraction
 between ``a_I`` and ``a_Br``) or a value measured by an NPT run of the same
-potential (:func:`md_reference.lammps_driver.measure_lattice_constant`).
+potential (:func:`md_reference.md.lammps_driver.measure_lattice_constant`).
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ Building one has four steps, each a function:
 1. **Plan** (:func:`plan_tasks`): the sampling tasks of a
    :class:`DatasetSettings`, each seeded from ``SeedSequence(seed,
    spawn_key=(purpose, task))`` so that training (purpose 0) and validation
-   (purpose 1, :mod:`md_reference.validation`) never share a random stream:
+   (purpose 1, :mod:`md_reference.ml.validation`) never share a random stream:
 
    ``"md"``
        Thermal NVT frames (Nose-Hoover) of a small cell with one vacancy or
        split interstitial, at each temperature of ``temperatures_K``. Cells are
-       :class:`CellRecipe` objects over :func:`md_reference.structures.build_cell`:
+       :class:`CellRecipe` objects over :func:`md_reference.md.structures.build_cell`:
        pure CsPbI3/CsPbBr3, random mixes at several x, heterojunction interfaces
        and nanodomains. Each run's lattice constant is Vegard's law times a
        factor drawn from ``[1 - lattice_jitter, 1 + lattice_jitter]`` (thermal
@@ -69,8 +69,8 @@ from pathlib import Path
 
 import numpy as np
 
-from md_reference.potentials import Potential, file_sha256, load_potential
-from md_reference.provenance import to_jsonable, versions
+from md_reference.md.potentials import Potential, file_sha256, load_potential
+from common.provenance import to_jsonable, versions
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class CellSpec:
     x_I: float = 0.5
 
     def build(self, lattice_constant_A: float | str, seed: int):
-        """(atoms, config, defects) of this cell (see :func:`md_reference.structures.build_cell`)."""
-        from md_reference.structures import build_cell  # noqa: PLC0415
+        """(atoms, config, defects) of this cell (see :func:`md_reference.md.structures.build_cell`)."""
+        from md_reference.md.structures import build_cell  # noqa: PLC0415
 
         if self.composition in ("I", "Br"):
             return build_cell("pure", self.shape, species=self.composition, defect=self.defect,
@@ -173,7 +173,7 @@ def _md_snapshots(atoms, potential, md, n_frames: int):
     Runs ``md.equilibration_steps`` first, then takes a frame (a copy of
     ``atoms`` at the current wrapped positions) every ``md.dump_every`` steps.
     """
-    from md_reference.lammps_driver import LammpsSession  # noqa: PLC0415
+    from md_reference.md.lammps_driver import LammpsSession  # noqa: PLC0415
 
     with LammpsSession(atoms, potential) as sess:
         sess.setup_md(md)
@@ -203,8 +203,8 @@ def sample_md_frames(potential: Potential | str | dict, settings: SamplingSettin
         E.g. ``"reaxff:/path/IBrPbCs.ff"``.
     settings : SamplingSettings
     """
-    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
-    from md_reference.structures import vegard_lattice_constant  # noqa: PLC0415
+    from md_reference.md.lammps_driver import MDSettings  # noqa: PLC0415
+    from md_reference.md.structures import vegard_lattice_constant  # noqa: PLC0415
 
     settings = (settings or SamplingSettings()).validate()
     pot = load_potential(potential)
@@ -246,7 +246,7 @@ def label_frames_with_lammps(frames, potential: Potential | str | dict, *, stres
     potential : Potential or spec
     stress : bool
         Also compute the stress from the virial (``compute pressure NULL
-        virial``). An :class:`~md_reference.potentials.ExternalPotential` whose
+        virial``). An :class:`~md_reference.md.potentials.ExternalPotential` whose
         compute returns no virial gives a zero stress: pass ``stress=False``.
 
     Returns
@@ -259,9 +259,9 @@ def label_frames_with_lammps(frames, potential: Potential | str | dict, *, stres
     from ase import units  # noqa: PLC0415
     from ase.calculators.singlepoint import SinglePointCalculator  # noqa: PLC0415
 
-    from md_reference.lammps_driver import LammpsSession  # noqa: PLC0415
-    from md_reference.lammps_lib import lammps_module  # noqa: PLC0415
-    from md_reference.potentials import UNIT_PRESSURE_TO_BAR  # noqa: PLC0415
+    from md_reference.md.lammps_driver import LammpsSession  # noqa: PLC0415
+    from md_reference.md.lammps_lib import lammps_module  # noqa: PLC0415
+    from md_reference.md.potentials import UNIT_PRESSURE_TO_BAR  # noqa: PLC0415
 
     pot = load_potential(potential)
     lmp_mod = lammps_module()
@@ -396,7 +396,7 @@ DEFECTS = ("vacancy", "interstitial", "none")
 
 @dataclass
 class CellRecipe:
-    """A small cell with one defect, built by :func:`md_reference.structures.build_cell`.
+    """A small cell with one defect, built by :func:`md_reference.md.structures.build_cell`.
 
     Attributes
     ----------
@@ -433,7 +433,7 @@ class CellRecipe:
     def build(self, seed: int, lattice_constant_A: float | None = None, *, a_I_A: float = 6.30,
               a_Br_A: float = 5.90, scale: float = 1.0):
         """(atoms, config, defects, a): the cell at ``lattice_constant_A`` or at Vegard's law times ``scale``."""
-        from md_reference.structures import build_atoms, build_cell, vegard_lattice_constant  # noqa: PLC0415
+        from md_reference.md.structures import build_atoms, build_cell, vegard_lattice_constant  # noqa: PLC0415
 
         self.validate()
         _, config, defects = build_cell(self.kind, tuple(int(n) for n in self.shape), defect=self.defect,
@@ -710,7 +710,7 @@ def _frame_info(task: SampleTask, seeds: dict, a: float, config) -> dict:
 
 def run_md_task(task: SampleTask, sampler: Potential, settings: DatasetSettings) -> list:
     """Unlabelled frames of one ``"md"``/``"strain"`` task (Nose-Hoover NVT)."""
-    from md_reference.lammps_driver import MDSettings  # noqa: PLC0415
+    from md_reference.md.lammps_driver import MDSettings  # noqa: PLC0415
 
     seeds = _task_seeds(task, settings)
     atoms, config, _, a = task.cell.build(seeds["structure_seed"], a_I_A=settings.a_I_A, a_Br_A=settings.a_Br_A,
@@ -741,7 +741,7 @@ def _mic_interpolation(initial, final, n_images: int) -> list:
 
 def run_path_task(task: SampleTask, settings: DatasetSettings) -> list:
     """Unlabelled, rattled IDPP images of one random hop of the task's defect (``"path"``)."""
-    from md_reference.neb import hop_endpoints  # noqa: PLC0415
+    from md_reference.neb.band import hop_endpoints  # noqa: PLC0415
 
     seeds = _task_seeds(task, settings)
     rng = seeds["rng"]
@@ -770,7 +770,7 @@ def run_path_task(task: SampleTask, settings: DatasetSettings) -> list:
 
 def run_neb_task(task: SampleTask, sampler: Potential, settings: DatasetSettings) -> list:
     """Unlabelled, rattled images of a CI-NEB band of one random hop, run with the sampler (``"neb"``)."""
-    from md_reference.neb import NEBSettings, run_neb  # noqa: PLC0415
+    from md_reference.neb.band import NEBSettings, run_neb  # noqa: PLC0415
 
     seeds = _task_seeds(task, settings)
     rng = seeds["rng"]

@@ -3,15 +3,15 @@
 From a few user-facing choices (size preset, cutoff, species, epochs, device)
 to a deployed model, each step writing one self-describing file:
 
-1. a dataset (:mod:`md_reference.dataset`: sampled, FPS-selected and labelled
+1. a dataset (:mod:`md_reference.ml.dataset`: sampled, FPS-selected and labelled
    frames in extxyz with a JSON sidecar);
 2. :func:`write_training_config` writes the Hydra YAML that ``nequip-train``
    reads (an ``allegro.model.AllegroModel`` of a named size preset) and
    :func:`train` runs it in a subprocess (best checkpoint ``best.ckpt``);
 3. :func:`package` turns the best checkpoint into a portable ``.nequip.zip``
-   that :class:`md_reference.allegro.AllegroPotential` loads (eagerly, or
+   that :class:`md_reference.ml.allegro.AllegroPotential` loads (eagerly, or
    compiled with AOTInductor for the machine that runs it and cached:
-   :func:`md_reference.allegro.compile_package`).
+   :func:`md_reference.ml.allegro.compile_package`).
 
 :func:`train_pipeline` runs all of it and writes ``NAME.json`` next to the
 model: the command, seed, dataset SHA-256, preset, versions, final metrics and
@@ -24,7 +24,7 @@ otherwise; only :func:`build_model_from_config` imports nequip.
 The dataset functions that used to live here (:func:`sample_md_frames`,
 :func:`label_frames_with_lammps`, :func:`write_dataset`, :func:`build_dataset`,
 :class:`CellSpec`, :class:`SamplingSettings`) are re-exported from
-:mod:`md_reference.dataset`.
+:mod:`md_reference.ml.dataset`.
 
 Units: energies eV, forces eV/A, stress eV/A^3 with ASE's sign convention
 (positive under tension, ``stress = -virial / V``).
@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from md_reference.dataset import (  # noqa: F401 - re-exported (older home of the dataset functions)
+from md_reference.ml.dataset import (  # noqa: F401 - re-exported (older home of the dataset functions)
     DATASET_SCHEMA,
     DEFAULT_CELLS,
     SPECIES,
@@ -53,8 +53,8 @@ from md_reference.dataset import (  # noqa: F401 - re-exported (older home of th
     sample_md_frames,
     write_dataset,
 )
-from md_reference.potentials import file_sha256
-from md_reference.provenance import git_revision, to_jsonable, versions  # noqa: F401 - re-exported
+from md_reference.md.potentials import file_sha256
+from common.provenance import git_revision, to_jsonable, versions  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
     if not name.endswith(".yaml"):
         raise ValueError(f"config name must end with .yaml, got {name!r}")
     path = out_dir / name
-    header = (f"# nequip-train config written by md_reference.training ({TRAINING_SCHEMA})\n"
+    header = (f"# nequip-train config written by md_reference.ml.training ({TRAINING_SCHEMA})\n"
               f"# preset {preset}; dataset sha256 {file_sha256(dataset)}\n")
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return path
@@ -456,13 +456,13 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
     ----------
     out_dir : path
     reference : Potential, spec or ASE calculator
-        Labels the dataset (:func:`md_reference.dataset.build_training_set`).
+        Labels the dataset (:func:`md_reference.ml.dataset.build_training_set`).
     name : str
         Model file stem.
     preset : {"tiny", "small", "paper"}
         Model size (:data:`PRESETS`).
     dataset : str or path
-        A dataset preset of :data:`md_reference.dataset.DATASET_PRESETS`, or an
+        A dataset preset of :data:`md_reference.ml.dataset.DATASET_PRESETS`, or an
         existing extxyz (with its sidecar) to train on.
     epochs : int
     r_max_A : float, optional
@@ -477,7 +477,7 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
         Training settings (:func:`write_training_config`).
     compile : bool
         Also compile the package with AOTInductor for this machine into the
-        compile cache (:func:`md_reference.allegro.compile_package`, 30-70 s).
+        compile cache (:func:`md_reference.ml.allegro.compile_package`, 30-70 s).
     cache_dir : path, optional
         Compile cache (default: the user cache).
     threads : int
@@ -493,8 +493,8 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
     dict
         The model record (also written to ``OUT/NAME.json``).
     """
-    from md_reference import dataset as D  # noqa: PLC0415
-    from md_reference.potentials import Potential, load_potential  # noqa: PLC0415
+    from md_reference.ml import dataset as D  # noqa: PLC0415
+    from md_reference.md.potentials import Potential, load_potential  # noqa: PLC0415
 
     if int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs}")
@@ -528,12 +528,12 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
     metrics = final_metrics(run_dir)
     t_train = time.perf_counter() - t0 - t_data
     model = package(ckpt, out_dir / f"{name}.nequip.zip", threads=threads)
-    from md_reference.allegro import _count_parameters  # noqa: PLC0415
+    from md_reference.ml.allegro import _count_parameters  # noqa: PLC0415
 
     n_params = _count_parameters(model)
     compiled = None
     if compile:
-        from md_reference.allegro import compile_package  # noqa: PLC0415
+        from md_reference.ml.allegro import compile_package  # noqa: PLC0415
 
         path, now = compile_package(model, device, cache_dir)
         compiled = {"path": str(path), "compiled_this_run": now}
@@ -570,7 +570,7 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
                     "energy_per_atom_std_eV": meta.get("energy_per_atom_std_eV")},
         "final_metrics": metrics,
         "compiled": compiled,
-        "command": command or (f"md_reference.training.train_pipeline({str(out_dir)!r}, {reference_spec!r}, "
+        "command": command or (f"md_reference.ml.training.train_pipeline({str(out_dir)!r}, {reference_spec!r}, "
                                f"name={name!r}, preset={preset!r}, dataset={str(dataset)!r}, epochs={epochs}, "
                                f"r_max_A={r_max_A}, device={device!r}, seed={seed})"),
         "git_revision": git_revision(),

@@ -27,7 +27,7 @@ def add_neb_parser(rates_sub) -> None:
     p = rates_sub.add_parser(
         "neb", help="NEB barriers of sampled hops (LAMMPS potential)",
         description="Climbing-image NEB of sampled vacancy or interstitial hops in a cubic CsPbX3 cell "
-                    "(frozen far field, mirror-symmetric endpoints; see md_reference.neb). Writes JSON "
+                    "(frozen far field, mirror-symmetric endpoints; see md_reference.neb.band). Writes JSON "
                     "records (environment class, barriers, image energies, provenance) and prints a table.")
     p.set_defaults(handler=run_neb_command)
     g = p.add_argument_group("structure")
@@ -85,7 +85,7 @@ def _potential_spec(text: str | None):
 
 
 def _settings(args):
-    from md_reference.neb import NEBSettings  # noqa: PLC0415
+    from md_reference.neb.band import NEBSettings  # noqa: PLC0415
 
     return NEBSettings(n_images=args.images, spring_eV_A2=args.spring, fmax_eV_A=args.fmax,
                        max_steps=args.max_steps, constraint=args.constraint, free_radius_A=args.free_radius_A,
@@ -131,8 +131,8 @@ def _table(records: list[dict]) -> str:
 
 
 def cmd_neb_validate(args) -> int:
-    from md_reference.neb import format_validation_table, validate_reference_paths  # noqa: PLC0415
-    from md_reference.runner import md_provenance  # noqa: PLC0415
+    from md_reference.neb.band import format_validation_table, validate_reference_paths  # noqa: PLC0415
+    from md_reference.md.runner import md_provenance  # noqa: PLC0415
 
     rows = validate_reference_paths(_potential_spec(args.potential), args.validate, _settings(args))
     out = Path(args.out)
@@ -151,10 +151,10 @@ def cmd_neb_validate(args) -> int:
 def cmd_neb(args) -> int:
     if args.validate:
         return cmd_neb_validate(args)
-    from md_reference.neb import run_hops, sample_hops  # noqa: PLC0415
-    from md_reference.potentials import load_potential  # noqa: PLC0415
-    from md_reference.runner import md_provenance  # noqa: PLC0415
-    from md_reference.structures import resolve_lattice_constant  # noqa: PLC0415
+    from md_reference.neb.band import run_hops, sample_hops  # noqa: PLC0415
+    from md_reference.md.potentials import load_potential  # noqa: PLC0415
+    from md_reference.md.runner import md_provenance  # noqa: PLC0415
+    from md_reference.md.structures import resolve_lattice_constant  # noqa: PLC0415
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -185,7 +185,7 @@ def cmd_neb(args) -> int:
         records[i] = rec
         done = [r for r in records if r is not None]
         out.write_text(json.dumps({**header, "n_done": len(done), "records": records}, indent=1))
-        logging.getLogger("md_reference.neb").info("hop %d/%d done", len(done), len(hops))
+        logging.getLogger("md_reference.neb.band").info("hop %d/%d done", len(done), len(hops))
 
     run_hops(config, args.defect, hops, spec, a, settings, added_species=args.added_species,
              workers=args.workers, on_result=on_result)
@@ -202,7 +202,7 @@ def run_neb_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m md_reference.neb_cli ...``)."""
+    """Stand-alone entry (``python -m md_reference.neb.cli ...``)."""
     parser = argparse.ArgumentParser(prog="neb")
     sub = parser.add_subparsers(dest="rates_command", required=True)
     add_neb_parser(sub)

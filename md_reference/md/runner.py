@@ -26,17 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from md_reference.lammps_driver import LammpsSession, MDSettings, measure_lattice_constant
-from md_reference.potentials import load_potential
-from md_reference.structures import build_cell, vegard_lattice_constant
-from md_reference.trajectory import TrajectoryWriter, is_complete
+from md_reference.md.lammps_driver import LammpsSession, MDSettings, measure_lattice_constant
+from md_reference.md.potentials import load_potential
+from md_reference.md.structures import build_cell, vegard_lattice_constant
+from md_reference.md.trajectory import TrajectoryWriter, is_complete
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StructureSpec:
-    """What cell to build (see :func:`md_reference.structures.build_cell`).
+    """What cell to build (see :func:`md_reference.md.structures.build_cell`).
 
     ``lattice_constant``: a number (A), ``"vegard"``, or ``"npt"`` (measured by
     an NPT run of the same potential at each temperature, cached in the job folder).
@@ -97,7 +97,7 @@ def md_provenance() -> dict:
         if m is not None:
             out[mod] = getattr(m, "__version__", None) or str(getattr(m, "version", ""))
     try:
-        from md_reference.lammps_lib import lammps_module  # noqa: PLC0415
+        from md_reference.md.lammps_lib import lammps_module  # noqa: PLC0415
 
         out["lammps_version"] = lammps_module().__version__
     except Exception:  # noqa: BLE001 - provenance must not fail the run

@@ -5,11 +5,11 @@ The paper validated its Allegro model on DFT forces of frames from MD at
 MAE <= 56 meV/A on atoms in the defect environment), on CI-NEB barriers
 (within 0.08 eV of DFT) and on the pure compounds (transfer). Here the same
 checks compare a model (any package potential, in practice an
-:class:`~md_reference.allegro.AllegroPotential`) with its *reference* (the
+:class:`~md_reference.ml.allegro.AllegroPotential`) with its *reference* (the
 potential or calculator that labelled its training set):
 
 Held-out frames
-    NVT runs of the reference (:func:`md_reference.dataset.run_md_task`) at
+    NVT runs of the reference (:func:`md_reference.ml.dataset.run_md_task`) at
     ``temperature_K`` in ``shape`` cells (3x3x3 by default, larger than the
     2x2x2 training cells) of CsPb(I0.5Br0.5)3, CsPbI3 and CsPbBr3, each with a
     split interstitial and with a vacancy. Their seeds come from the
@@ -25,14 +25,14 @@ Defect environment
     The atoms within ``defect_radius_A`` (default 5.0 A, minimum image) of a
     defect site. Defect sites come from a nearest-site assignment of the
     frame's halides to the ideal halide sublattice
-    (:func:`md_reference.tracker.assign_sites`, no averaging): sites holding 0
+    (:func:`md_reference.analysis.tracker.assign_sites`, no averaging): sites holding 0
     halides (vacancy) or 2 (split interstitial). 5.0 A includes, around a halide
     site of CsPbX3 (a = 5.9-6.4 A), the 2 Pb of its bond (a/2), the 4 Cs and the 8
     halide neighbours (a/sqrt 2) and the defect's own atoms.
 Energies and stress
     Per-atom energy errors (MAE, RMSE, mean = bias) and stress-component MAE (GPa).
 Barriers
-    Climbing-image NEB (:mod:`md_reference.neb`) of the four reference hops in
+    Climbing-image NEB (:mod:`md_reference.neb.band`) of the four reference hops in
     pure 3x3x3 CsPbI3 / CsPbBr3 (iodide and bromide vacancy and kick-out
     interstitial, :data:`md_reference.neb.REFERENCE_HOPS`) with the model and
     with the reference; with ``dft_paths_dir`` also the energies of the DFT
@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from md_reference.dataset import (
+from md_reference.ml.dataset import (
     PURPOSE_VALIDATION,
     CellRecipe,
     DatasetSettings,
@@ -65,8 +65,8 @@ from md_reference.dataset import (
     plan_tasks,
     run_md_task,
 )
-from md_reference.potentials import Potential, load_potential
-from md_reference.provenance import git_revision, to_jsonable, utc_now, versions
+from md_reference.md.potentials import Potential, load_potential
+from common.provenance import git_revision, to_jsonable, utc_now, versions
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +204,13 @@ def defect_sites(atoms, shape=None) -> tuple[np.ndarray, np.ndarray]:
     """Halide sites holding 0 (vacancy) or 2+ (split interstitial) halides in one frame.
 
     Nearest-site assignment of the frame's halides to the ideal sublattice
-    (:func:`md_reference.tracker.assign_sites`, no time averaging).
+    (:func:`md_reference.analysis.tracker.assign_sites`, no time averaging).
 
     Returns
     -------
     (sites, counts) : (n_defects,) int64 site indices and their halide counts.
     """
-    from md_reference.tracker import assign_sites  # noqa: PLC0415
+    from md_reference.analysis.tracker import assign_sites  # noqa: PLC0415
 
     lat, a = _lattice_of(atoms, shape)
     sym = np.asarray(atoms.get_chemical_symbols())
@@ -311,7 +311,7 @@ def heldout_frames(reference, settings: ValidationSettings, sampler=None) -> tup
 
 
 def _neb_settings(settings: ValidationSettings):
-    from md_reference.neb import NEBSettings  # noqa: PLC0415
+    from md_reference.neb.band import NEBSettings  # noqa: PLC0415
 
     return NEBSettings(**settings.neb_settings).validate()
 
@@ -325,7 +325,7 @@ def reference_hop_barriers(potential, settings: ValidationSettings) -> list[dict
     a = 6.30 A (CsPbI3) and 5.90 A (CsPbBr3), the DFT cells' lattice constants.
     """
     from lattice import HalideSublattice, build_pure  # noqa: PLC0415
-    from md_reference import neb as N  # noqa: PLC0415
+    from md_reference.neb import band as N  # noqa: PLC0415
 
     s = _neb_settings(settings)
     out = []
@@ -361,8 +361,8 @@ def reference_hop_barriers(potential, settings: ValidationSettings) -> list[dict
 
 def time_md_steps(potential, steps: int = 10, warmup: int = 2, shape=(6, 6, 6), seed: int = 1) -> dict:
     """ms per NVT step (600 K, 2 fs) of a CsPbI3 cell with one split interstitial (1081 atoms for 6x6x6)."""
-    from md_reference.lammps_driver import LammpsSession, MDSettings  # noqa: PLC0415
-    from md_reference.structures import build_cell  # noqa: PLC0415
+    from md_reference.md.lammps_driver import LammpsSession, MDSettings  # noqa: PLC0415
+    from md_reference.md.structures import build_cell  # noqa: PLC0415
 
     atoms, _, _ = build_cell("pure", shape, species="I", defect="interstitial", where="random",
                              lattice_constant=6.30, seed=seed)
@@ -387,7 +387,7 @@ def time_md_steps(potential, steps: int = 10, warmup: int = 2, shape=(6, 6, 6), 
 # the whole validation
 # ----------------------------------------------------------------------------
 def _model_record(model: Potential) -> dict | None:
-    from md_reference.training import model_record_path  # noqa: PLC0415
+    from md_reference.ml.training import model_record_path  # noqa: PLC0415
 
     path = getattr(model, "path", None)
     if path is None:

@@ -85,7 +85,7 @@ import numpy as np
 from lattice import Configuration, HalideSublattice, build_pure, place_defects
 from lattice.environment import class_label, classify_hop
 from lattice.species import BRIDGE, I, KIND_INTERSTITIAL, KIND_VACANCY, VACANCY
-from md_reference.structures import SPLIT_FRACTION, build_atoms
+from md_reference.md.structures import SPLIT_FRACTION, build_atoms
 
 log = logging.getLogger(__name__)
 
@@ -556,8 +556,8 @@ def neb_between(initial, final, calculator_factory, settings: NEBSettings | None
 
 
 def _potential_factory(potential):
-    from md_reference.calculator import LammpsCalculator  # noqa: PLC0415
-    from md_reference.potentials import load_potential  # noqa: PLC0415
+    from md_reference.md.calculator import LammpsCalculator  # noqa: PLC0415
+    from md_reference.md.potentials import load_potential  # noqa: PLC0415
 
     pot = load_potential(potential)
     return pot, (lambda: LammpsCalculator(pot))
@@ -573,7 +573,7 @@ def run_neb(config: Configuration, kind: str, site_a: int, slot: int, potential,
     config, kind, site_a, slot, lattice_constant_A, mover_index, added_species :
         The hop, as in :func:`hop_endpoints`.
     potential : Potential or spec
-        Energies come from :class:`md_reference.calculator.LammpsCalculator`.
+        Energies come from :class:`md_reference.md.calculator.LammpsCalculator`.
     settings : NEBSettings
     start : (initial, final) ase.Atoms, optional
         Start geometries of the endpoint relaxations in the atom order of
@@ -740,7 +740,7 @@ def _run_neb_single(config, kind, site_a, slot, potential, lattice_constant_A, s
 
 def path_energies(images, potential) -> np.ndarray:
     """Energies (eV) of given structures (e.g. DFT path images) with a package potential."""
-    from md_reference.calculator import LammpsCalculator  # noqa: PLC0415
+    from md_reference.md.calculator import LammpsCalculator  # noqa: PLC0415
 
     calc = LammpsCalculator(potential)
     out = []
@@ -828,7 +828,7 @@ def run_hops(config: Configuration, kind: str, hops: list[dict], potential, latt
     ``on_result(index, result)`` is called as each finishes.
     """
     s = (settings or NEBSettings()).validate()
-    from md_reference.potentials import load_potential  # noqa: PLC0415
+    from md_reference.md.potentials import load_potential  # noqa: PLC0415
 
     pot = load_potential(potential)
     spec = potential if isinstance(potential, (str, dict)) else pot
