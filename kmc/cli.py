@@ -19,7 +19,7 @@ import math
 import sys
 from pathlib import Path
 
-from kmc.config import ConfigError, _validate, default_config_text, load_config, set_override
+from kmc.config import ConfigError, default_config_text, load_config
 from rates.catalog import CatalogError, MissingRateError, load_catalog
 
 
@@ -62,15 +62,13 @@ def cmd_run(args) -> int:
         "defects.interstitials": args.interstitials,
         "output.directory": args.out,
     }
-    for key, val in overrides.items():
-        if val is not None:
-            set_override(cfg, key, val)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.no_plots:
-        set_override(cfg, "output.plots", False)
-    _validate(cfg)
+        overrides["output.plots"] = False
+    cfg = cfg.with_overrides(overrides)
     summary = run_all(cfg, resume=args.resume, progress=True)
     _print_summary(summary)
-    print(f"\nwrote {cfg['output']['directory']}/summary.json")
+    print(f"\nwrote {cfg.output.directory}/summary.json")
     return 0
 
 

@@ -1,4 +1,12 @@
-"""Run configuration: TOML file + command-line overrides -> a validated, resolved dict.
+"""Run configuration: TOML file + command-line overrides -> one validated, frozen :class:`RunConfig`.
+
+The config is checked once, in :func:`resolve`, and from then on travels as a
+frozen dataclass whose fields the runner and the engine read
+(``cfg.run.seed``, ``cfg.lattice.shape``); :meth:`RunConfig.to_dict` gives the
+JSON stored in run files (the same layout as before the dataclass, so old
+run files resume), :meth:`RunConfig.to_toml` a TOML file that
+:func:`load_config` reads back to an equal config, and
+:meth:`RunConfig.with_overrides` a re-validated copy with some fields changed.
 
 Sections and keys (defaults in brackets)::
 
@@ -21,7 +29,9 @@ Sections and keys (defaults in brackets)::
 from __future__ import annotations
 
 import copy
+import json
 import sys
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -63,7 +73,104 @@ def default_config_text() -> str:
     return resources.files("kmc").joinpath("data/default.toml").read_text()
 
 
-def load_config(path: str | Path | None) -> dict:
+@dataclass(frozen=True)
+class LatticeConfig:
+    shape: tuple[int, int, int]
+    lattice_constant_A: float | str
+
+
+@dataclass(frozen=True)
+class ConfigurationConfig:
+    kind: str
+    species: str
+    x_I: float
+    thickness_I: int
+    thickness_Br: int
+    interface: str
+    axis: str
+    domain_species: str
+    domain_size: int
+    origin: tuple[int, int, int] | None
+
+
+@dataclass(frozen=True)
+class DefectsConfig:
+    vacancies: int
+    interstitials: int
+    placement: str | tuple[int, ...]
+    added_species: str
+
+
+@dataclass(frozen=True)
+class RunSection:
+    temperatures_K: tuple[float, ...]
+    time_s: float | None
+    max_events: int | None
+    n_observations: int
+    replicas: int
+    seed: int
+    catalog: str
+    workers: int
+    checkpoint_every_wall_s: float
+    event_log: int
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    directory: str
+    plots: bool
+
+
+SECTIONS = {"lattice": LatticeConfig, "configuration": ConfigurationConfig, "defects": DefectsConfig,
+            "run": RunSection, "output": OutputConfig}
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def _frozen(v):
+    return tuple(_frozen(x) for x in v) if isinstance(v, list) else v
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration (see the module docstring for the keys)."""
+
+    lattice: LatticeConfig
+    configuration: ConfigurationConfig
+    defects: DefectsConfig
+    run: RunSection
+    output: OutputConfig
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists, not tuples): the layout stored in run files and summaries."""
+        return {sec: {f.name: _plain(getattr(getattr(self, sec), f.name)) for f in fields(cls)}
+                for sec, cls in SECTIONS.items()}
+
+    def to_toml(self) -> str:
+        """TOML text that :func:`load_config` reads back to an equal config (None values are omitted)."""
+        lines = []
+        for sec, vals in self.to_dict().items():
+            lines.append(f"[{sec}]")
+            for k, v in vals.items():
+                if v is not None:
+                    lines.append(f"{k} = {json.dumps(v)}")
+            lines.append("")
+        return "\n".join(lines)
+
+    def with_overrides(self, overrides: dict) -> "RunConfig":
+        """A new, re-validated config with ``{"section.key": value}`` changed."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in raw or key not in raw[section]:
+                raise ConfigError(f"unknown config field {dotted!r}")
+            raw[section][key] = value
+        return resolve(raw)
+
+
+def load_config(path: str | Path | None) -> RunConfig:
     """Read a TOML config file (the embedded default if ``path`` is None) and resolve it."""
     if path is None:
         raw = tomllib.loads(default_config_text())
@@ -78,8 +185,10 @@ def load_config(path: str | Path | None) -> dict:
     return resolve(raw)
 
 
-def resolve(raw: dict) -> dict:
-    """Merge ``raw`` over :data:`DEFAULTS` and validate every field."""
+def resolve(raw: dict) -> RunConfig:
+    """Merge ``raw`` over :data:`DEFAULTS`, validate every field, and freeze the result."""
+    if isinstance(raw, RunConfig):
+        return raw
     cfg = copy.deepcopy(DEFAULTS)
     for section, values in raw.items():
         if section not in cfg:
@@ -89,17 +198,9 @@ def resolve(raw: dict) -> dict:
         for key, val in values.items():
             if key not in cfg[section]:
                 raise ConfigError(f"unknown key {key!r} in [{section}]; valid keys are {sorted(cfg[section])}")
-            cfg[section][key] = val
+            cfg[section][key] = copy.deepcopy(val)
     _validate(cfg)
-    return cfg
-
-
-def set_override(cfg: dict, dotted: str, value) -> None:
-    """Set ``section.key`` in a resolved config (CLI overrides); re-validate afterwards."""
-    section, _, key = dotted.partition(".")
-    if section not in cfg or key not in cfg[section]:
-        raise ConfigError(f"unknown config field {dotted!r}")
-    cfg[section][key] = value
+    return RunConfig(**{sec: cls(**{k: _frozen(v) for k, v in cfg[sec].items()}) for sec, cls in SECTIONS.items()})
 
 
 def _int(v, name: str, lo: int | None = None) -> int:
@@ -177,16 +278,17 @@ def _validate(cfg: dict) -> None:
         raise ConfigError("output.plots must be true or false")
 
 
-def builder_kwargs(cfg: dict) -> dict:
+def builder_kwargs(cfg: RunConfig) -> dict:
     """Arguments for :func:`lattice.build_configuration` (without lattice/kind/seed)."""
-    conf = cfg["configuration"]
+    conf = cfg.to_dict()["configuration"]
     kw = {k: conf[k] for k in KIND_KEYS[conf["kind"]]}
     if conf["kind"] == "nanodomain" and kw.get("origin") is None:
         kw.pop("origin")
     return kw
 
 
-def physics_fingerprint(cfg: dict) -> dict:
+def physics_fingerprint(cfg: RunConfig) -> dict:
     """The part of a config that determines a trajectory (used to refuse mismatched resumes)."""
-    run = {k: v for k, v in cfg["run"].items() if k not in ("workers", "checkpoint_every_wall_s")}
-    return {"lattice": cfg["lattice"], "configuration": cfg["configuration"], "defects": cfg["defects"], "run": run}
+    d = cfg.to_dict()
+    run = {k: v for k, v in d["run"].items() if k not in ("workers", "checkpoint_every_wall_s")}
+    return {"lattice": d["lattice"], "configuration": d["configuration"], "defects": d["defects"], "run": run}

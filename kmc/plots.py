@@ -48,9 +48,9 @@ def plot_msd(out: Path) -> Path:
     return p
 
 
-def plot_occupancy(out: Path, cfg: dict, summary: dict) -> Path:
+def plot_occupancy(out: Path, cfg, summary: dict) -> Path:
     """Defect residence per halide plane along the profile axis, per site (Figure 4 analysis)."""
-    lat = HalideSublattice(tuple(cfg["lattice"]["shape"]))
+    lat = HalideSublattice(tuple(cfg.lattice.shape))
     with h5py.File(_run_files(out)[0], "r") as f:
         axis = int(json.loads(f.attrs["configuration_json"])["axis"])
     per_site = lat.sites_per_plane(axis)
@@ -75,9 +75,9 @@ def plot_occupancy(out: Path, cfg: dict, summary: dict) -> Path:
     return p
 
 
-def plot_composition(out: Path, cfg: dict) -> Path:
+def plot_composition(out: Path, cfg) -> Path:
     """Initial vs final I fraction per plane, and a final snapshot of the central plane."""
-    lat = HalideSublattice(tuple(cfg["lattice"]["shape"]))
+    lat = HalideSublattice(tuple(cfg.lattice.shape))
     path = _run_files(out)[0]
     with h5py.File(path, "r") as f:
         pc = f["obs/plane_count"][()]
@@ -169,7 +169,7 @@ def plot_arrhenius(out: Path, summary: dict) -> Path | None:
     return p
 
 
-def make_all(out: str | Path, cfg: dict, summary: dict) -> list[Path]:
+def make_all(out: str | Path, cfg, summary: dict) -> list[Path]:
     out = Path(out)
     made = [plot_msd(out), plot_occupancy(out, cfg, summary), plot_composition(out, cfg),
             plot_mixing(out), plot_arrhenius(out, summary)]

@@ -31,7 +31,7 @@ import numpy as np
 from common.atomic import write_text_atomic
 from common.provenance import provenance as _provenance
 from kmc import analysis
-from kmc.config import builder_kwargs, physics_fingerprint
+from kmc.config import RunConfig, builder_kwargs, physics_fingerprint
 from kmc.simulation import Simulation
 from lattice import HalideSublattice, build_configuration, place_defects
 from lattice.species import BRIDGE_NAMES, HALIDES
@@ -83,26 +83,27 @@ def job_name(temperature_K: float, replica: int) -> str:
     return f"T{temperature_K:g}_r{replica}"
 
 
-def build_inputs(cfg: dict, t_index: int, replica: int):
+def build_inputs(cfg: RunConfig, t_index: int, replica: int):
     """Configuration, defects and seeds of job (t_index, replica); deterministic in ``run.seed``."""
-    seed = int(cfg["run"]["seed"])
+    seed = int(cfg.run.seed)
     ss_cfg = np.random.SeedSequence(seed, spawn_key=(t_index, replica, 0))
     ss_kmc = np.random.SeedSequence(seed, spawn_key=(t_index, replica, 1))
-    lat = HalideSublattice(tuple(cfg["lattice"]["shape"]))
-    kind = cfg["configuration"]["kind"]
+    lat = HalideSublattice(tuple(cfg.lattice.shape))
+    kind = cfg.configuration.kind
     kwargs = builder_kwargs(cfg)
     rng_cfg = np.random.default_rng(ss_cfg)
     if kind == "random":
         kwargs["seed"] = rng_cfg
     config = build_configuration(lat, kind, **kwargs)
-    d = cfg["defects"]
-    defects = place_defects(config, d["vacancies"], d["interstitials"], where=d["placement"],
-                            added_species=d["added_species"], seed=rng_cfg)
+    d = cfg.defects
+    where = list(d.placement) if isinstance(d.placement, tuple) else d.placement
+    defects = place_defects(config, d.vacancies, d.interstitials, where=where, added_species=d.added_species,
+                            seed=rng_cfg)
     return config, defects, ss_kmc
 
 
-def lattice_constant(cfg: dict, catalog: RateCatalog, x_I: float) -> float:
-    a = cfg["lattice"]["lattice_constant_A"]
+def lattice_constant(cfg: RunConfig, catalog: RateCatalog, x_I: float) -> float:
+    a = cfg.lattice.lattice_constant_A
     return catalog.lattice_constant(x_I) if a == "vegard" else float(a)
 
 
@@ -151,15 +152,15 @@ class _ObsBuffer:
         return len(self.rows["time_s"])
 
 
-def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progress: bool = False) -> dict:
+def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, progress: bool = False) -> dict:
     """Run (or resume, or reuse) one job and return its summary row."""
-    out_dir = Path(cfg["output"]["directory"]) / "runs"
+    out_dir = Path(cfg.output.directory) / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    T = cfg["run"]["temperatures_K"][t_index]
+    T = cfg.run.temperatures_K[t_index]
     name = job_name(T, replica)
     final_path = out_dir / f"{name}.h5"
     ckpt_path = out_dir / f"{name}.ckpt.h5"
-    catalog = load_catalog(cfg["run"]["catalog"])
+    catalog = load_catalog(cfg.run.catalog)
     fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
     cat_hash = catalog.sha256()
 
@@ -181,7 +182,7 @@ def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progres
     warnings = catalog.check_temperature(T)
     for w in warnings:
         log.warning("%s: %s", name, w)
-    sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg["run"]["event_log"])
+    sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg.run.event_log)
     a_A = lattice_constant(cfg, catalog, config.x_I)
     obs = _ObsBuffer()
     wall0 = time.perf_counter()
@@ -200,22 +201,22 @@ def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progres
         sim.set_checkpoint({"arrays": arrays, "scalars": scalars})
         log.info("%s: resumed at t = %.4g s after %d observations", name, sim.time_s, len(obs))
 
-    n_obs = int(cfg["run"]["n_observations"])
-    time_s = cfg["run"]["time_s"]
-    max_events = cfg["run"]["max_events"]
+    n_obs = int(cfg.run.n_observations)
+    time_s = cfg.run.time_s
+    max_events = cfg.run.max_events
     chunk_events = None if max_events is None else max(1, int(math.ceil(max_events / n_obs)))
 
     attrs = {
         "format": RUN_FORMAT,
         "schema_version": RUN_SCHEMA_VERSION,
-        "config_json": json.dumps(cfg, sort_keys=True),
+        "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
         "fingerprint_json": fingerprint,
         "provenance_json": json.dumps(provenance(), sort_keys=True),
         "catalog_json": json.dumps(catalog.to_dict(), sort_keys=True),
         "catalog_sha256": cat_hash,
         "temperature_K": T,
         "replica": replica,
-        "seed_entropy": int(cfg["run"]["seed"]),
+        "seed_entropy": int(cfg.run.seed),
         "seed_spawn_key": json.dumps([t_index, replica, 1]),
         "lattice_constant_A": a_A,
         "units_json": json.dumps(UNITS),
@@ -247,7 +248,7 @@ def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progres
         bar = tqdm(total=n_obs, initial=len(obs) - 1, desc=name, unit="obs", leave=False,
                    disable=not sys.stderr.isatty())
     last_ckpt = time.perf_counter()
-    every = float(cfg["run"]["checkpoint_every_wall_s"])
+    every = float(cfg.run.checkpoint_every_wall_s)
     while len(obs) <= n_obs:
         k = len(obs)
         t_stop = math.inf if time_s is None else time_s * k / n_obs
@@ -273,7 +274,7 @@ def run_job(cfg: dict, t_index: int, replica: int, resume: bool = False, progres
     final = {"hop_count": st.hop_count, "occ": st.occ, "def_disp": st.def_disp, "def_kind": st.def_kind,
              "def_site": st.def_site}
     groups = {"obs": obs.arrays(), "final": final}
-    if cfg["run"]["event_log"]:
+    if cfg.run.event_log:
         groups["events"] = sim.event_log()
     attrs["complete"] = True
     attrs["stopped_by"] = stopped_by
@@ -344,9 +345,9 @@ def summarize_run_file(path: str | Path) -> dict:
     return row
 
 
-def aggregate(cfg: dict, rows: list[dict]) -> dict:
+def aggregate(cfg: RunConfig, rows: list[dict]) -> dict:
     """Mean +- standard error over replicas per temperature, and Arrhenius fits."""
-    temps = cfg["run"]["temperatures_K"]
+    temps = cfg.run.temperatures_K
     per_T = []
     for T in temps:
         rs = [r for r in rows if r["temperature_K"] == T]
@@ -394,13 +395,13 @@ def _job_entry(args):
     return run_job(cfg, ti, r, resume=resume, progress=progress)
 
 
-def _precheck(cfg: dict, catalog: RateCatalog, resume: bool) -> None:
+def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool) -> None:
     """Every existing run file and checkpoint of the jobs must belong to this config and catalog."""
-    runs = Path(cfg["output"]["directory"]) / "runs"
+    runs = Path(cfg.output.directory) / "runs"
     fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
     cat_hash = catalog.sha256()
-    for ti, T in enumerate(cfg["run"]["temperatures_K"]):
-        for r in range(cfg["run"]["replicas"]):
+    for ti, T in enumerate(cfg.run.temperatures_K):
+        for r in range(cfg.run.replicas):
             for path, what in ((runs / f"{job_name(T, r)}.h5", "run file"),
                                (runs / f"{job_name(T, r)}.ckpt.h5", "checkpoint")):
                 if not path.exists():
@@ -419,18 +420,18 @@ def _precheck(cfg: dict, catalog: RateCatalog, resume: bool) -> None:
                     raise ValueError(f"refusing to resume from {what} {path}: it was made with a different catalog")
 
 
-def run_all(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
+def run_all(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run every job of ``cfg``, write summary.json (+ plots) and return the summary."""
-    out = Path(cfg["output"]["directory"])
-    catalog = load_catalog(cfg["run"]["catalog"])
+    out = Path(cfg.output.directory)
+    catalog = load_catalog(cfg.run.catalog)
     _precheck(cfg, catalog, resume)  # refuse before anything in the output folder is written
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.resolved.json", json.dumps(
-        {"config": cfg, "provenance": provenance(), "catalog_sha256": catalog.sha256(),
+        {"config": cfg.to_dict(), "provenance": provenance(), "catalog_sha256": catalog.sha256(),
          "catalog_name": catalog.name}, indent=1, sort_keys=True) + "\n")
-    jobs = [(cfg, ti, r, resume, progress) for ti in range(len(cfg["run"]["temperatures_K"]))
-            for r in range(cfg["run"]["replicas"])]
-    workers = min(int(cfg["run"]["workers"]), len(jobs))
+    jobs = [(cfg, ti, r, resume, progress) for ti in range(len(cfg.run.temperatures_K))
+            for r in range(cfg.run.replicas)]
+    workers = min(int(cfg.run.workers), len(jobs))
     t0 = time.perf_counter()
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
@@ -439,12 +440,12 @@ def run_all(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         rows = [run_job(c, ti, r, resume=res, progress=p) for (c, ti, r, res, p) in jobs]
     summary = aggregate(cfg, rows)
     summary["provenance"] = provenance()
-    summary["catalog"] = {"name": catalog.name, "sha256": catalog.sha256(), "source": cfg["run"]["catalog"]}
-    summary["config"] = cfg
+    summary["catalog"] = {"name": catalog.name, "sha256": catalog.sha256(), "source": cfg.run.catalog}
+    summary["config"] = cfg.to_dict()
     summary["units"] = UNITS
     summary["wall_s"] = time.perf_counter() - t0
     write_text_atomic(out / "summary.json", json.dumps(_clean(summary), indent=1) + "\n")
-    if cfg["output"]["plots"]:
+    if cfg.output.plots:
         from kmc import plots
 
         plots.make_all(out, cfg, summary)

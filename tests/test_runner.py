@@ -75,7 +75,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_job(cfg, 0, 0)
     monkeypatch.setattr(Simulation, "advance", real_advance)
-    ckpt = Path(cfg["output"]["directory"]) / "runs" / "T400_r0.ckpt.h5"
+    ckpt = Path(cfg.output.directory) / "runs" / "T400_r0.ckpt.h5"
     assert ckpt.exists()
     with pytest.raises(FileExistsError, match="--resume"):
         run_job(cfg, 0, 0)
@@ -193,9 +193,9 @@ def test_default_config_is_valid():
     from kmc.config import load_config
 
     cfg = load_config(None)
-    n_sites = 3 * np.prod(cfg["lattice"]["shape"])
+    n_sites = 3 * np.prod(cfg.lattice.shape)
     assert n_sites >= 1_000_000
-    assert cfg["configuration"]["kind"] == "nanodomain"
+    assert cfg.configuration.kind == "nanodomain"
 
 
 def test_run_all_single_worker(tmp_path):
@@ -203,21 +203,40 @@ def test_run_all_single_worker(tmp_path):
     summary = run_all(cfg, progress=False)
     e = summary["per_temperature"][0]
     assert e["D_eq1_per_defect_cm2_s"]["all"]["mean"] > 0
-    assert (Path(cfg["output"]["directory"]) / "config.resolved.json").exists()
+    assert (Path(cfg.output.directory) / "config.resolved.json").exists()
 
 
 def test_refused_resume_leaves_the_old_run_untouched(tmp_path):
     cfg = small_cfg(tmp_path, "keep")
     run_all(cfg, progress=False)
-    out = Path(cfg["output"]["directory"])
+    out = Path(cfg.output.directory)
     before = {p.name: p.read_bytes() for p in [out / "config.resolved.json", out / "summary.json",
                                                 *sorted((out / "runs").glob("*.h5"))]}
-    changed = json.loads(json.dumps(cfg))
-    changed["run"]["seed"] = 99
     with pytest.raises(ValueError, match="different config"):
-        run_all(resolve({k: v for k, v in changed.items()}), resume=True, progress=False)
+        run_all(cfg.with_overrides({"run.seed": 99}), resume=True, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         run_all(cfg, resume=False, progress=False)
     after = {p.name: p.read_bytes() for p in [out / "config.resolved.json", out / "summary.json",
                                                *sorted((out / "runs").glob("*.h5"))]}
     assert after == before
+
+
+def test_config_is_frozen_typed_and_round_trips_through_toml(tmp_path):
+    import dataclasses
+
+    from kmc.config import RunConfig, load_config
+
+    cfg = small_cfg(tmp_path, "rt")
+    assert isinstance(cfg, RunConfig) and cfg.lattice.shape == (8, 8, 8) and cfg.run.temperatures_K == (400.0,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.seed = 4
+    p = tmp_path / "rt.toml"
+    p.write_text(cfg.to_toml())
+    assert load_config(p) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()  # plain JSON, the run-file layout
+    more = cfg.with_overrides({"run.replicas": 3})
+    assert more.run.replicas == 3 and cfg.run.replicas == 1
+    with pytest.raises(ConfigError, match="unknown config field"):
+        cfg.with_overrides({"run.bogus": 1})
+    with pytest.raises(ConfigError, match="run.replicas"):
+        cfg.with_overrides({"run.replicas": 0})
