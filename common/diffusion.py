@@ -241,3 +241,150 @@ def kinisi_eq1(positions_A: np.ndarray, symbols, species: str, cell_A, dt_ps: fl
     q16, q50, q84 = np.quantile(samples, [0.16, 0.5, 0.84])
     return {"D_cm2_s": float(q50 * n_atoms), "lo_cm2_s": float(q16 * n_atoms), "hi_cm2_s": float(q84 * n_atoms),
             "n_atoms": n_atoms, "start_ps": float(start), "n_samples": int(samples.size)}
+
+
+# --------------------------------------------------------------------------
+# Eq. 1 from positions: multi-origin MSD and its least-squares slope
+# --------------------------------------------------------------------------
+DEFAULT_FIT_WINDOW = (0.1, 0.5)
+DEFAULT_N_ORIGINS = 100
+DEFAULT_N_LAGS = 200
+
+
+def _check_traj(positions_A, times_ps) -> tuple[np.ndarray, np.ndarray, float]:
+    pos = np.asarray(positions_A, dtype=np.float64)
+    t = np.asarray(times_ps, dtype=np.float64)
+    if pos.ndim != 3 or pos.shape[2] != 3 or pos.shape[0] < 2:
+        raise ValueError(f"positions_A must have shape (n_frames >= 2, n_atoms, 3), got {pos.shape}")
+    if t.shape != (pos.shape[0],):
+        raise ValueError(f"times_ps must have shape ({pos.shape[0]},), got {t.shape}")
+    dt = np.diff(t)
+    if not np.all(np.isfinite(dt)) or np.any(dt <= 0):
+        raise ValueError("times_ps must be finite and strictly increasing")
+    if not np.allclose(dt, dt[0], rtol=1e-3, atol=0.0):
+        raise ValueError("times_ps must be evenly spaced (multi-origin MSD uses frame lags)")
+    return pos, t, float(dt.mean())
+
+
+def msd_eq1(
+    positions_A: np.ndarray,
+    times_ps: np.ndarray,
+    *,
+    n_origins: int = DEFAULT_N_ORIGINS,
+    max_lag_fraction: float = DEFAULT_FIT_WINDOW[1],
+    n_lags: int = DEFAULT_N_LAGS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-time-origin MSD summed over atoms (the bracket of Eq. 1).
+
+    ``msd(L) = (1/n_o) sum_o sum_i |r_i(t_o + L) - r_i(t_o)|^2`` with up to
+    ``n_origins`` origins spread evenly over all the origins available for lag
+    ``L`` (so long lags use the whole run too).
+
+    Parameters
+    ----------
+    positions_A : (n_frames, n_atoms, 3) float
+        Unwrapped positions (A), drift already removed by the caller
+        (e.g. :func:`md_reference.analysis.tracker.remove_framework_drift`).
+    times_ps : (n_frames,) float
+        Evenly spaced frame times (ps).
+    n_origins : int
+        Maximum number of time origins per lag.
+    max_lag_fraction : float
+        Longest lag as a fraction of the run length, in (0, 1].
+    n_lags : int
+        Maximum number of lags evaluated (evenly spaced frame lags from 0).
+
+    Returns
+    -------
+    lags_ps : (n,) float64
+    msd_A2 : (n,) float64
+        Summed (not averaged) squared displacement (A^2).
+    """
+    pos, t, dt = _check_traj(positions_A, times_ps)
+    if not 0.0 < max_lag_fraction <= 1.0:
+        raise ValueError(f"max_lag_fraction must lie in (0, 1], got {max_lag_fraction}")
+    if int(n_origins) < 1 or int(n_lags) < 2:
+        raise ValueError(f"n_origins must be >= 1 and n_lags >= 2, got {n_origins}, {n_lags}")
+    n_frames = pos.shape[0]
+    max_lag = max(1, int(math.floor(max_lag_fraction * (n_frames - 1))))
+    lags = np.unique(np.round(np.linspace(0, max_lag, int(n_lags))).astype(np.int64))
+    msd = np.empty(lags.size, dtype=np.float64)
+    for n, lag in enumerate(lags):
+        n_avail = n_frames - lag
+        origins = np.unique(np.round(np.linspace(0, n_avail - 1, min(int(n_origins), n_avail))).astype(np.int64))
+        d = pos[origins + lag] - pos[origins]
+        msd[n] = np.mean(np.sum(d * d, axis=(1, 2)))
+    return lags * dt, msd
+
+
+def fit_msd_eq1(lags_ps: np.ndarray, msd_A2: np.ndarray, duration_ps: float,
+                fit_window: tuple[float, float] = DEFAULT_FIT_WINDOW) -> dict:
+    """Least-squares line through the MSD over a lag window; ``D = slope / 6``.
+
+    Parameters
+    ----------
+    lags_ps, msd_A2 : (n,) float
+        Output of :func:`msd_eq1`.
+    duration_ps : float
+        Length of the run; the window is ``fit_window * duration_ps``.
+    fit_window : (float, float)
+        Fractions of the run bounding the fitted lags. The lower bound skips
+        the ballistic and vibrational (cage) part, whose plateau the intercept
+        absorbs; the upper bound drops long lags averaged over few independent
+        origins.
+
+    Returns
+    -------
+    dict with ``D_cm2_s``, ``slope_A2_ps``, ``intercept_A2``, ``n_points``, ``fit_window_ps``.
+    """
+    lo, hi = (float(v) for v in fit_window)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"fit_window must satisfy 0 <= lo < hi <= 1, got {fit_window}")
+    lags = np.asarray(lags_ps, dtype=np.float64)
+    msd = np.asarray(msd_A2, dtype=np.float64)
+    sel = (lags >= lo * duration_ps) & (lags <= hi * duration_ps * (1 + 1e-9))
+    if np.count_nonzero(sel) < 2:
+        raise ValueError(f"fit_window {fit_window} holds fewer than 2 lags; use a longer run or more lags")
+    slope, intercept = np.polyfit(lags[sel], msd[sel], 1)
+    return {
+        "D_cm2_s": float(slope / 6.0 * A2_PER_PS_TO_CM2_PER_S),
+        "slope_A2_ps": float(slope),
+        "intercept_A2": float(intercept),
+        "n_points": int(np.count_nonzero(sel)),
+        "fit_window_ps": [lo * duration_ps, hi * duration_ps],
+    }
+
+
+def diffusion_eq1(
+    positions_A: np.ndarray,
+    times_ps: np.ndarray,
+    *,
+    fit_window: tuple[float, float] = DEFAULT_FIT_WINDOW,
+    n_origins: int = DEFAULT_N_ORIGINS,
+    n_lags: int = DEFAULT_N_LAGS,
+) -> float:
+    """Diffusion coefficient of Eq. 1 (cm^2/s) of the atoms given.
+
+    The MSD summed over atoms (:func:`msd_eq1`) is fitted by a straight line
+    over lags in ``fit_window`` (default 10-50 % of the run: for a 2 ns run,
+    200-1000 ps, far beyond the sub-ps vibrational regime, while keeping at
+    least half of the run for averaging over origins). ``D = slope / 6``,
+    converted with 1 A^2/ps = 1e-4 cm^2/s.
+
+    Parameters
+    ----------
+    positions_A : (n_frames, n_atoms, 3) float
+        Unwrapped, drift-free positions (A) of one species (or all halides).
+    times_ps : (n_frames,) float
+        Evenly spaced times (ps).
+    fit_window, n_origins, n_lags
+        See :func:`fit_msd_eq1` and :func:`msd_eq1`.
+
+    Returns
+    -------
+    float
+        D in cm^2/s.
+    """
+    pos, t, _ = _check_traj(positions_A, times_ps)
+    lags, msd = msd_eq1(pos, t, n_origins=n_origins, max_lag_fraction=float(fit_window[1]), n_lags=n_lags)
+    return fit_msd_eq1(lags, msd, float(t[-1] - t[0]), fit_window)["D_cm2_s"]
