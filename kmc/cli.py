@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from kmc.config import ConfigError, default_config_text, load_config
+from kmc.errors import Interrupted
 from rates.catalog import CatalogError, MissingRateError, load_catalog
 
 
@@ -292,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
             from md_reference.cli import run_md_command
 
             return run_md_command(args)
+    except Interrupted as exc:
+        print(f"kmc: interrupted: {exc}; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("kmc: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
+        return 130
     except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError, RuntimeError) as exc:
         print(f"kmc: error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -203,20 +204,37 @@ def resolve(raw: dict) -> RunConfig:
     return RunConfig(**{sec: cls(**{k: _frozen(v) for k, v in cfg[sec].items()}) for sec, cls in SECTIONS.items()})
 
 
-def _int(v, name: str, lo: int | None = None) -> int:
+INT64_MAX = 2 ** 63 - 1
+
+
+def _int(v, name: str, lo: int | None = None, hi: int = INT64_MAX) -> int:
+    """An exact integer (not a bool, not a float with or without a fraction) in [lo, hi], in Python integers."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(f"{name} must be an integer, got {v!r}")
     if lo is not None and v < lo:
         raise ConfigError(f"{name} must be >= {lo}, got {v}")
+    if v > hi:
+        raise ConfigError(f"{name} must be <= {hi}, got {v}")
     return v
 
 
-def _num(v, name: str, positive: bool = False) -> float:
+def _num(v, name: str, positive: bool = False, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite number (int or float, not a bool or a string), optionally > 0 and within [lo, hi]."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{name} must be a number, got {v!r}")
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be finite, got {v!r}")
     if positive and not v > 0:
         raise ConfigError(f"{name} must be > 0, got {v}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(f"{name} must lie in [{lo:g}, {hi:g}], got {v}")
     return float(v)
+
+
+def _choice(v, name: str, choices) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ConfigError(f"unknown {name} {v!r}; valid values are {sorted(choices)}")
+    return v
 
 
 def _validate(cfg: dict) -> None:
@@ -225,18 +243,26 @@ def _validate(cfg: dict) -> None:
     if not (isinstance(shape, list) and len(shape) == 3):
         raise ConfigError(f"lattice.shape must be a list of 3 cell counts, got {shape!r}")
     for n, v in enumerate(shape):
-        _int(v, f"lattice.shape[{n}]", lo=2)
+        _int(v, f"lattice.shape[{n}]", lo=2, hi=10_000)
     a = lat["lattice_constant_A"]
     if a != "vegard":
-        _num(a, "lattice.lattice_constant_A", positive=True)
+        _num(a, "lattice.lattice_constant_A", positive=True, lo=3.0, hi=10.0)
     conf = cfg["configuration"]
-    if conf["kind"] not in BUILDERS:
-        raise ConfigError(f"unknown configuration.kind {conf['kind']!r}; valid kinds are {sorted(BUILDERS)}")
-    if conf["interface"] not in INTERFACE_TYPES:
-        raise ConfigError(f"unknown configuration.interface {conf['interface']!r}; valid: {list(INTERFACE_TYPES)}")
+    _choice(conf["kind"], "configuration.kind", BUILDERS)
+    _choice(conf["interface"], "configuration.interface", INTERFACE_TYPES)
+    _choice(conf["axis"], "configuration.axis", ("x", "y", "z"))
     for key in ("species", "domain_species"):
-        if conf[key] not in ("I", "Br"):
-            raise ConfigError(f"unknown species configuration.{key} = {conf[key]!r}; valid species are ['I', 'Br']")
+        _choice(conf[key], f"configuration.{key}", ("I", "Br"))
+    x = _num(conf["x_I"], "configuration.x_I", lo=0.0, hi=1.0)
+    for key in ("thickness_I", "thickness_Br", "domain_size"):
+        _int(conf[key], f"configuration.{key}", lo=1, hi=10_000)
+    conf["x_I"] = x
+    if conf["origin"] is not None:
+        o = conf["origin"]
+        if not (isinstance(o, list) and len(o) == 3):
+            raise ConfigError(f"configuration.origin must be a list of 3 cell indices, got {o!r}")
+        for n, v in enumerate(o):
+            _int(v, f"configuration.origin[{n}]", lo=0, hi=10_000)
     dfc = cfg["defects"]
     _int(dfc["vacancies"], "defects.vacancies", lo=0)
     _int(dfc["interstitials"], "defects.interstitials", lo=0)
@@ -246,7 +272,10 @@ def _validate(cfg: dict) -> None:
     if isinstance(pl, str):
         if pl not in PLACEMENTS:
             raise ConfigError(f"unknown defects.placement {pl!r}; valid placements are {list(PLACEMENTS)} or a list of sites")
-    elif not (isinstance(pl, list) and all(isinstance(v, int) for v in pl)):
+    elif isinstance(pl, list):
+        for n, v in enumerate(pl):
+            _int(v, f"defects.placement[{n}]", lo=0)
+    else:
         raise ConfigError("defects.placement must be a placement name or a list of site indices")
     if dfc["added_species"] not in ("same", "I", "Br"):
         raise ConfigError(f"unknown defects.added_species {dfc['added_species']!r}; valid: ['same', 'I', 'Br']")
@@ -256,7 +285,11 @@ def _validate(cfg: dict) -> None:
         temps = run["temperatures_K"] = [float(temps)]
     if not (isinstance(temps, list) and temps):
         raise ConfigError("run.temperatures_K must be a non-empty list of temperatures")
-    run["temperatures_K"] = [_num(t, "run.temperatures_K[]", positive=True) for t in temps]
+    run["temperatures_K"] = [_num(t, "run.temperatures_K[]", positive=True, lo=1.0, hi=5000.0) for t in temps]
+    names = [f"T{t:g}" for t in run["temperatures_K"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run.temperatures_K has duplicate (or indistinguishable) temperatures {run['temperatures_K']}; "
+                          "use replicas for repeats")
     if run["time_s"] is None and run["max_events"] is None:
         raise ConfigError("set a budget: run.time_s (simulated seconds) and/or run.max_events")
     if run["time_s"] is not None:
@@ -265,9 +298,10 @@ def _validate(cfg: dict) -> None:
         _int(run["max_events"], "run.max_events", lo=1)
     _int(run["n_observations"], "run.n_observations", lo=2)
     _int(run["replicas"], "run.replicas", lo=1)
-    _int(run["seed"], "run.seed", lo=0)
+    _int(run["seed"], "run.seed", lo=0, hi=INT64_MAX)
     _int(run["workers"], "run.workers", lo=1)
     _int(run["event_log"], "run.event_log", lo=0)
+    _int(run["replicas"], "run.replicas", lo=1, hi=100_000)
     _num(run["checkpoint_every_wall_s"], "run.checkpoint_every_wall_s", positive=True)
     if not isinstance(run["catalog"], str):
         raise ConfigError("run.catalog must be 'default' or a path to a catalog file")

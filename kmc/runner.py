@@ -32,6 +32,7 @@ from common.atomic import write_text_atomic
 from common.provenance import provenance as _provenance
 from kmc import analysis
 from kmc.config import RunConfig, builder_kwargs, physics_fingerprint
+from kmc.errors import Interrupted
 from kmc.simulation import Simulation
 from lattice import HalideSublattice, build_configuration, place_defects
 from lattice.species import BRIDGE_NAMES, HALIDES
@@ -152,6 +153,27 @@ class _ObsBuffer:
         return len(self.rows["time_s"])
 
 
+def _install_stop_handlers(flag: dict) -> dict:
+    """Make SIGINT/SIGTERM set ``flag["signal"]`` instead of raising anywhere (main thread only)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag["signal"] = signum
+
+    return {sg: signal.signal(sg, handler) for sg in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(old: dict) -> None:
+    import signal  # noqa: PLC0415
+
+    for sg, h in old.items():
+        signal.signal(sg, h)
+
+
 def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, progress: bool = False) -> dict:
     """Run (or resume, or reuse) one job and return its summary row."""
     out_dir = Path(cfg.output.directory) / "runs"
@@ -249,23 +271,32 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
                    disable=not sys.stderr.isatty())
     last_ckpt = time.perf_counter()
     every = float(cfg.run.checkpoint_every_wall_s)
-    while len(obs) <= n_obs:
-        k = len(obs)
-        t_stop = math.inf if time_s is None else time_s * k / n_obs
-        budget = None
-        if max_events is not None:
-            left = max_events - sim.n_events
-            budget = left if time_s is not None else min(chunk_events, left)
-            if budget <= 0:
-                stopped_by = "events"
-                break
-        sim.advance(t_stop, budget)
-        observe()
-        if bar is not None:
-            bar.update(1)
-        if time.perf_counter() - last_ckpt > every and len(obs) <= n_obs:
-            checkpoint()
-            last_ckpt = time.perf_counter()
+    stop = {"signal": None}
+    old_handlers = _install_stop_handlers(stop)
+    try:
+        while len(obs) <= n_obs:
+            k = len(obs)
+            t_stop = math.inf if time_s is None else time_s * k / n_obs
+            budget = None
+            if max_events is not None:
+                left = max_events - sim.n_events
+                budget = left if time_s is not None else min(chunk_events, left)
+                if budget <= 0:
+                    stopped_by = "events"
+                    break
+            sim.advance(t_stop, budget)
+            observe()
+            if bar is not None:
+                bar.update(1)
+            if time.perf_counter() - last_ckpt > every and len(obs) <= n_obs:
+                checkpoint()
+                last_ckpt = time.perf_counter()
+            if stop["signal"] is not None:
+                checkpoint()
+                raise Interrupted(f"{name}: stopped by signal {stop['signal']} at t = {sim.time_s:.4g} s after "
+                                  f"{len(obs) - 1} observations; checkpoint written")
+    finally:
+        _restore_handlers(old_handlers)
     if bar is not None:
         bar.close()
     stopped_by = stopped_by or ("time" if time_s is not None and sim.time_s >= time_s else "events")

@@ -21,14 +21,24 @@ from md_reference.neb import band as N  # noqa: E402
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAXFF = SHARED / "potentials" / "reaxff" / "IBrPbCs.ff"
 DFT_PATHS = SHARED / "reference" / "dft_migration_paths"
-needs_reaxff = pytest.mark.skipif(not REAXFF.is_file(), reason=f"reference ReaxFF file not found at {REAXFF}")
+
+
+def _lammps_status() -> tuple[bool, str]:
+    from md_reference.md.lammps_lib import lammps_available
+
+    return lammps_available()
+
+
+_LMP_OK, _LMP_WHY = _lammps_status()
+# the ReaxFF tests need both the force-field file and a working LAMMPS
+needs_reaxff = pytest.mark.skipif(not (REAXFF.is_file() and _LMP_OK),
+                                  reason=f"reference ReaxFF file not found at {REAXFF}" if not REAXFF.is_file()
+                                  else f"LAMMPS is not available: {_LMP_WHY}")
 needs_dft = pytest.mark.skipif(not DFT_PATHS.is_dir(), reason=f"DFT reference paths not found at {DFT_PATHS}")
 
 
 def _lammps_ok():
-    from md_reference.md.lammps_lib import lammps_available
-
-    return lammps_available()
+    return _LMP_OK, _LMP_WHY
 
 
 # ----------------------------------------------------------------------------

@@ -640,8 +640,9 @@ def test_real_neb_records_load_and_fit(tmp_path):
         pytest.skip(f"reference ReaxFF file not found at {REAXFF}")
     from md_reference.md.lammps_lib import lammps_available
 
-    if not lammps_available():
-        pytest.skip("LAMMPS is not available")
+    ok, why = lammps_available()  # a (bool, reason) tuple: the tuple itself is always truthy
+    if not ok:
+        pytest.skip(f"LAMMPS is not available: {why}")
     out = tmp_path / "vacancy.json"
     rc = main(["rates", "neb", "--structure", "pure", "--species", "I", "--defect", "vacancy", "--hops", "1",
                "--seed", "1", "--potential", f"reaxff:{REAXFF}", "--out", str(out)])

@@ -110,7 +110,28 @@ def test_resume_refuses_other_config(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad, match", [
     ({"lattice": {"shape": [1, 8, 8]}}, "lattice.shape"),
     ({"configuration": {"kind": "spiral"}}, "unknown configuration.kind"),
-    ({"configuration": {"domain_species": "Cl"}}, "unknown species"),
+    ({"configuration": {"domain_species": "Cl"}}, "unknown configuration.domain_species"),
+    # silent coercions that used to pass (issue: types are exact, bounds checked in Python integers)
+    ({"configuration": {"domain_size": 3.9}}, "configuration.domain_size must be an integer"),
+    ({"configuration": {"domain_size": True}}, "configuration.domain_size must be an integer"),
+    ({"configuration": {"domain_size": "4"}}, "configuration.domain_size must be an integer"),
+    ({"configuration": {"x_I": "0.5"}}, "configuration.x_I must be a number"),
+    ({"configuration": {"thickness_I": 8.7}}, "configuration.thickness_I must be an integer"),
+    ({"configuration": {"origin": [1.7, 1, 1]}}, r"configuration.origin\[0\] must be an integer"),
+    ({"configuration": {"origin": [9223372036854775807, 1, 1]}}, r"configuration.origin\[0\] must be <="),
+    ({"configuration": {"kind": []}}, "unknown configuration.kind"),
+    ({"defects": {"placement": [True, False]}}, r"defects.placement\[0\] must be an integer"),
+    # non-finite and absurd numbers
+    ({"run": {"temperatures_K": [float("inf")]}}, "run.temperatures_K.* must be finite"),
+    ({"run": {"temperatures_K": [5e-324]}}, r"run.temperatures_K.* must lie in"),
+    ({"run": {"time_s": float("inf")}}, "run.time_s must be finite"),
+    ({"lattice": {"lattice_constant_A": float("inf")}}, "lattice.lattice_constant_A must be finite"),
+    ({"lattice": {"lattice_constant_A": 1e300}}, "lattice.lattice_constant_A must lie in"),
+    ({"run": {"seed": 2 ** 64}}, "run.seed must be <="),
+    ({"run": {"replicas": 10 ** 9}}, "run.replicas must be <="),
+    # colliding temperatures (both would be T300)
+    ({"run": {"temperatures_K": [300, 300]}}, "duplicate"),
+    ({"run": {"temperatures_K": [300, 300.0000001]}}, "duplicate"),
     ({"defects": {"vacancies": 0, "interstitials": 0}}, "at least one defect"),
     ({"defects": {"placement": "nowhere"}}, "unknown defects.placement"),
     ({"run": {"time_s": -1.0}}, "run.time_s"),
@@ -240,3 +261,31 @@ def test_config_is_frozen_typed_and_round_trips_through_toml(tmp_path):
         cfg.with_overrides({"run.bogus": 1})
     with pytest.raises(ConfigError, match="run.replicas"):
         cfg.with_overrides({"run.replicas": 0})
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_writes_a_checkpoint_and_exits_quietly(tmp_path, sig):
+    import signal
+    import time
+
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text('[lattice]\nshape = [20, 20, 20]\n[defects]\nvacancies = 40\n'
+                       '[run]\ntemperatures_K = [600.0]\nmax_events = 200000000\nn_observations = 2000\nseed = 1\n'
+                       f'[output]\ndirectory = "{tmp_path / "out"}"\nplots = false\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kmc.cli", "run", str(cfgfile)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    ckpt = tmp_path / "out" / "runs" / "T600_r0.ckpt.h5"
+    deadline = time.time() + 120
+    # wait until the job is running (its first observation is in)
+    while time.time() < deadline and not (tmp_path / "out" / "config.resolved.json").exists():
+        time.sleep(0.2)
+    time.sleep(3.0)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1
+    assert ckpt.is_file()
+    with h5py.File(ckpt, "r") as f:
+        assert f["obs/time_s"].shape[0] >= 2
