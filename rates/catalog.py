@@ -255,9 +255,33 @@ def _float(v, where: str, allow_none: bool = False) -> float:
     return v
 
 
+_SCHEMA = None
+
+
+def catalog_schema() -> dict:
+    """The JSON Schema of catalog format v1 (``rates/data/catalog_v1.schema.json``)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads(resources.files("rates").joinpath("data/catalog_v1.schema.json").read_text())
+    return _SCHEMA
+
+
+def _check_schema(data, origin: str) -> None:
+    """Validate the document's structure (containers, types, required fields); name the first bad field's path."""
+    import jsonschema  # noqa: PLC0415
+
+    validator = jsonschema.Draft202012Validator(catalog_schema())
+    err = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if err is not None:
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        raise CatalogError(f"{origin}: {'field ' + repr(path) if path else 'the catalog'}: {err.message}")
+
+
 def _parse(data: dict, origin: str) -> RateCatalog:
     if not isinstance(data, dict):
         raise CatalogError(f"{origin}: a catalog must be a JSON object")
+    if data.get("format") == FORMAT_NAME and data.get("schema_version") == SCHEMA_VERSION:
+        _check_schema(data, origin)
     fmt = _req(data, "format", origin)
     if fmt != FORMAT_NAME:
         raise CatalogError(f"{origin}: field 'format' is {fmt!r}, expected {FORMAT_NAME!r}")

@@ -133,7 +133,7 @@ def _mutations():
         (duplicate, "listed twice"),
         (descriptor, "descriptor"),
         (missing_bridge, "lacks bridge"),
-        (not_a_number, "expected a number"),
+        (not_a_number, r"classes\[2\]\.E_KRA_eV.*not of type 'number'"),
         (contradicting_field, "contradicts class id"),
     ]
 
@@ -198,3 +198,35 @@ def test_default_barriers_equal_dft_paths(default_catalog):
         e_kra = default_catalog.E_KRA_eV[cls]
         assert e_kra == pytest.approx(published, abs=1e-9), class_label(cls)
         assert abs(e_kra - barrier) <= 0.0015, (class_label(cls), e_kra, barrier)
+
+
+@pytest.mark.parametrize("path,value,field", [
+    (("units",), [], "units"),
+    (("units",), None, "units"),
+    (("energy_model", "pair_eV"), 5, "energy_model.pair_eV"),
+    (("energy_model", "bridge_eV"), 3, "energy_model.bridge_eV"),
+    (("energy_model", "bridge_eV", 0, "bridge"), ["II"], r"energy_model.bridge_eV\[0\].bridge"),
+    (("sources",), "paper", "sources"),
+    (("assumptions",), {"a": 1}, "assumptions"),
+    (("provenance",), ["x"], "provenance"),
+    (("classes",), {"0": 1}, "classes"),
+    (("classes", 0), 7, r"classes\[0\]"),
+    (("lattice_constant_A",), [6.3, 5.9], "lattice_constant_A"),
+    (("temperature_range_K",), "300-700", "temperature_range_K"),
+])
+def test_container_types_are_validated_with_the_path_named(tmp_path, default_catalog, path, value, field, capsys):
+    """Every structural error is a one-line CatalogError naming the field, in the API and in the CLI."""
+    from kmc.cli import main
+
+    data = default_catalog.to_dict()
+    node = data
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match=field):
+        load_catalog(bad)
+    assert main(["rates", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "bad.json" in err
