@@ -42,6 +42,8 @@ def _add_run(sub) -> None:
     p.add_argument("--interstitials", type=int, help="number of split interstitials")
     p.add_argument("--out", "-o", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue interrupted jobs from their checkpoints")
+    p.add_argument("--restart-corrupt", action="store_true",
+                   help="with --resume: set damaged run files / checkpoints aside (*.corrupt-<time>) and rerun those jobs")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
 
 
@@ -67,7 +69,7 @@ def cmd_run(args) -> int:
     if args.no_plots:
         overrides["output.plots"] = False
     cfg = cfg.with_overrides(overrides)
-    summary = run_all(cfg, resume=args.resume, progress=True)
+    summary = run_all(cfg, resume=args.resume, progress=True, restart_corrupt=args.restart_corrupt)
     _print_summary(summary)
     print(f"\nwrote {cfg.output.directory}/summary.json")
     return 0
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kmc: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
         return 130
-    except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError, RuntimeError) as exc:
+    except (ConfigError, CatalogError, MissingRateError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
         print(f"kmc: error: {exc}", file=sys.stderr)
         return 2
     parser.error("unknown command")

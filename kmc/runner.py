@@ -15,6 +15,7 @@ whose config or catalog differs is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -108,18 +109,70 @@ def lattice_constant(cfg: RunConfig, catalog: RateCatalog, x_I: float) -> float:
     return catalog.lattice_constant(x_I) if a == "vegard" else float(a)
 
 
+class CorruptFileError(ValueError):
+    """A run file or checkpoint that cannot be read or fails its integrity check."""
+
+
+def _digest(attrs: dict, groups: dict) -> str:
+    """SHA-256 over the attributes (but the digest) and every dataset's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(attrs):
+        if k != "content_sha256":
+            h.update(f"{k}={attrs[k]!s}\n".encode())
+    for g in sorted(groups):
+        for k in sorted(groups[g]):
+            v = np.ascontiguousarray(np.asarray(groups[g][k]))
+            h.update(f"{g}/{k}:{v.dtype.str}:{v.shape}\n".encode())
+            h.update(v.tobytes())
+    return h.hexdigest()
+
+
 def _write_h5_atomic(path: Path, attrs: dict, groups: dict) -> None:
+    """Write through a temporary file and a rename, with a content digest; the old file survives any failure."""
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        for gname, arrays in groups.items():
-            g = f.require_group(gname)
-            for k, v in arrays.items():
-                v = np.asarray(v)
-                kw = {"compression": "gzip", "compression_opts": 1} if v.size > 4096 else {}
-                g.create_dataset(k, data=v, **kw)
-    os.replace(tmp, path)
+    attrs = {**attrs, "content_sha256": _digest(attrs, groups)}
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for gname, arrays in groups.items():
+                g = f.require_group(gname)
+                for k, v in arrays.items():
+                    v = np.asarray(v)
+                    kw = {"compression": "gzip", "compression_opts": 1} if v.size > 4096 else {}
+                    g.create_dataset(k, data=v, **kw)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            import errno  # noqa: PLC0415
+
+            if exc.errno == errno.ENOSPC or "No space" in str(exc) or "disk" in str(exc).lower():
+                raise OSError(errno.ENOSPC, f"no space left on device while writing {path} "
+                                            "(the previous file is intact)") from None
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _read_verified(path: Path, what: str) -> tuple[dict, dict]:
+    """Attributes and groups of a run file or checkpoint, after checking its content digest."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            groups = {g: {k: f[g][k][()] for k in f[g]} for g in f if isinstance(f[g], h5py.Group)}
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CorruptFileError(f"{what} {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    want = attrs.get("content_sha256")
+    if want is None:
+        if attrs.get("format") != RUN_FORMAT:
+            raise CorruptFileError(f"{what} {path} is not a {RUN_FORMAT} file")
+        log.warning("%s %s has no content digest (written by an older version); not verified", what, path)
+    elif _digest(attrs, groups) != want:
+        raise CorruptFileError(f"{what} {path} fails its integrity check (content changed after it was written)")
+    return attrs, groups
 
 
 def _read_group(f: h5py.File, name: str) -> dict:
@@ -174,8 +227,24 @@ def _restore_handlers(old: dict) -> None:
         signal.signal(sg, h)
 
 
-def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, progress: bool = False) -> dict:
-    """Run (or resume, or reuse) one job and return its summary row."""
+RESTART_HINT = "rerun with --resume --restart-corrupt to set it aside and run that job again from its start"
+
+
+def _set_aside(path: Path) -> Path:
+    bad = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, bad)
+    log.warning("%s is damaged; kept as %s, the job restarts from its start", path, bad.name)
+    return bad
+
+
+def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, progress: bool = False,
+            restart_corrupt: bool = False) -> dict:
+    """Run (or resume, or reuse) one job and return its summary row.
+
+    A run file or checkpoint that cannot be read or fails its content digest
+    stops the job with a clear message; with ``restart_corrupt`` it is set
+    aside (renamed ``*.corrupt-<time>``, never deleted) and the job runs again.
+    """
     out_dir = Path(cfg.output.directory) / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     T = cfg.run.temperatures_K[t_index]
@@ -186,19 +255,31 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
     fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
     cat_hash = catalog.sha256()
 
-    def _check(f: h5py.File, what: str) -> None:
-        if f.attrs.get("fingerprint_json") != fingerprint:
-            raise ValueError(f"refusing to resume from {what} {f.filename}: it was made with a different config")
-        if f.attrs.get("catalog_sha256") != cat_hash:
-            raise ValueError(f"refusing to resume from {what} {f.filename}: it was made with a different catalog")
+    def _check(attrs: dict, path: Path, what: str) -> None:
+        if attrs.get("fingerprint_json") != fingerprint:
+            raise ValueError(f"refusing to resume from {what} {path}: it was made with a different config")
+        if attrs.get("catalog_sha256") != cat_hash:
+            raise ValueError(f"refusing to resume from {what} {path}: it was made with a different catalog")
+
+    def _load(path: Path, what: str):
+        try:
+            attrs, groups = _read_verified(path, what)
+            if what == "run file" and not attrs.get("complete"):
+                raise CorruptFileError(f"run file {path} is not marked complete")
+        except CorruptFileError as exc:
+            if not restart_corrupt:
+                raise CorruptFileError(f"{exc}; {RESTART_HINT}") from None
+            _set_aside(path)
+            return None
+        _check(attrs, path, what)
+        return attrs, groups
 
     if final_path.exists():
         if not resume:
             raise FileExistsError(f"{final_path} exists: use --resume to reuse finished jobs, or another output directory")
-        with h5py.File(final_path, "r") as f:
-            _check(f, "run file")
-        log.info("%s: already complete, reusing %s", name, final_path)
-        return summarize_run_file(final_path)
+        if _load(final_path, "run file") is not None:
+            log.info("%s: already complete, reusing %s", name, final_path)
+            return summarize_run_file(final_path)
 
     config, defects, ss_kmc = build_inputs(cfg, t_index, replica)
     warnings = catalog.check_temperature(T)
@@ -214,14 +295,24 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
     if ckpt_path.exists():
         if not resume:
             raise FileExistsError(f"{ckpt_path} exists from an interrupted run: use --resume to continue it")
-        with h5py.File(ckpt_path, "r") as f:
-            _check(f, "checkpoint")
-            arrays = _read_group(f, "state")
-            scalars = json.loads(f.attrs["scalars_json"])
-            obs = _ObsBuffer.from_arrays(_read_group(f, "obs"))
-            wall_before = float(f.attrs["wall_s"])
-        sim.set_checkpoint({"arrays": arrays, "scalars": scalars})
-        log.info("%s: resumed at t = %.4g s after %d observations", name, sim.time_s, len(obs))
+        loaded = _load(ckpt_path, "checkpoint")
+        if loaded is not None:
+            attrs_c, groups_c = loaded
+            try:
+                arrays = groups_c["state"]
+                scalars = json.loads(attrs_c["scalars_json"])
+                obs = _ObsBuffer.from_arrays(groups_c["obs"])
+                wall_before = float(attrs_c["wall_s"])
+                sim.set_checkpoint({"arrays": arrays, "scalars": scalars})
+            except (KeyError, ValueError, TypeError) as exc:
+                msg = f"checkpoint {ckpt_path} is incomplete ({type(exc).__name__}: {exc})"
+                if not restart_corrupt:
+                    raise CorruptFileError(f"{msg}; {RESTART_HINT}") from None
+                _set_aside(ckpt_path)
+                sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg.run.event_log)
+                obs, wall_before = _ObsBuffer(), 0.0
+            else:
+                log.info("%s: resumed at t = %.4g s after %d observations", name, sim.time_s, len(obs))
 
     n_obs = int(cfg.run.n_observations)
     time_s = cfg.run.time_s
@@ -421,17 +512,17 @@ def aggregate(cfg: RunConfig, rows: list[dict]) -> dict:
 
 
 def _job_entry(args):
-    cfg, ti, r, resume, progress = args
+    cfg, ti, r, resume, progress, restart_corrupt = args
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_job(cfg, ti, r, resume=resume, progress=progress)
+    return run_job(cfg, ti, r, resume=resume, progress=progress, restart_corrupt=restart_corrupt)
 
 
-def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool) -> None:
-    """Every existing run file and checkpoint of the jobs must belong to this config and catalog."""
+def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool, restart_corrupt: bool = False) -> None:
+    """Every existing run file and checkpoint of the jobs must be intact and belong to this config and catalog."""
     runs = Path(cfg.output.directory) / "runs"
     fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
     cat_hash = catalog.sha256()
-    for ti, T in enumerate(cfg.run.temperatures_K):
+    for T in cfg.run.temperatures_K:
         for r in range(cfg.run.replicas):
             for path, what in ((runs / f"{job_name(T, r)}.h5", "run file"),
                                (runs / f"{job_name(T, r)}.ckpt.h5", "checkpoint")):
@@ -440,22 +531,25 @@ def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool) -> None:
                 if not resume:
                     raise FileExistsError(f"{path} exists: use --resume to reuse finished jobs and continue "
                                           "interrupted ones, or another output directory")
+                if path.is_dir():
+                    raise CorruptFileError(f"{what} {path} is a directory; move it away")
                 try:
-                    with h5py.File(path, "r") as f:
-                        fp, ch = f.attrs.get("fingerprint_json"), f.attrs.get("catalog_sha256")
-                except OSError as exc:
-                    raise ValueError(f"{what} {path} cannot be read ({exc}); move it away to rerun that job") from None
-                if fp != fingerprint:
+                    attrs, _ = _read_verified(path, what)
+                except CorruptFileError as exc:
+                    if restart_corrupt:
+                        continue  # run_job sets it aside and reruns the job
+                    raise CorruptFileError(f"{exc}; {RESTART_HINT}") from None
+                if attrs.get("fingerprint_json") != fingerprint:
                     raise ValueError(f"refusing to resume from {what} {path}: it was made with a different config")
-                if ch != cat_hash:
+                if attrs.get("catalog_sha256") != cat_hash:
                     raise ValueError(f"refusing to resume from {what} {path}: it was made with a different catalog")
 
 
-def run_all(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+def run_all(cfg: RunConfig, resume: bool = False, progress: bool = True, restart_corrupt: bool = False) -> dict:
     """Run every job of ``cfg``, write summary.json (+ plots) and return the summary."""
     out = Path(cfg.output.directory)
     catalog = load_catalog(cfg.run.catalog)
-    _precheck(cfg, catalog, resume)  # refuse before anything in the output folder is written
+    _precheck(cfg, catalog, resume, restart_corrupt)  # refuse before anything in the output folder is written
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.resolved.json", json.dumps(
         {"config": cfg.to_dict(), "provenance": provenance(), "catalog_sha256": catalog.sha256(),
@@ -466,9 +560,9 @@ def run_all(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict
     t0 = time.perf_counter()
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-            rows = list(ex.map(_job_entry, [(c, ti, r, res, False) for (c, ti, r, res, _p) in jobs]))
+            rows = list(ex.map(_job_entry, [(c, ti, r, res, False, restart_corrupt) for (c, ti, r, res, _p) in jobs]))
     else:
-        rows = [run_job(c, ti, r, resume=res, progress=p) for (c, ti, r, res, p) in jobs]
+        rows = [run_job(c, ti, r, resume=res, progress=p, restart_corrupt=restart_corrupt) for (c, ti, r, res, p) in jobs]
     summary = aggregate(cfg, rows)
     summary["provenance"] = provenance()
     summary["catalog"] = {"name": catalog.name, "sha256": catalog.sha256(), "source": cfg.run.catalog}
