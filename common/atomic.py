@@ -48,3 +48,33 @@ def write_text_atomic(path, text: str) -> None:
 def write_json_atomic(path, obj, indent: int | None = 1) -> None:
     """JSON (NaN/inf as null) written atomically."""
     write_text_atomic(path, json.dumps(jsonable(obj), indent=indent) + "\n")
+
+
+def read_text_file(path, what: str) -> str:
+    """Text of a regular UTF-8 file (a leading byte-order mark dropped), or ValueError naming the file.
+
+    A missing path, a directory, a FIFO or device, unreadable or non-UTF-8 bytes
+    each get their own one-line reason.
+    """
+    import stat as _stat  # noqa: PLC0415
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(p)!r} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {str(p)!r} cannot be read ({exc.strerror or exc})") from None
+    if _stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{what} {str(p)!r} is a directory, not a file")
+    if not _stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{what} {str(p)!r} is not a regular file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what} {str(p)!r} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.start})") from None
+    return text[1:] if text.startswith("\ufeff") else text

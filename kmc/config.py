@@ -41,6 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from common.atomic import read_text_file
 from lattice.configurations import BUILDERS, INTERFACE_TYPES
 from lattice.defects import PLACEMENTS
 
@@ -177,10 +178,12 @@ def load_config(path: str | Path | None) -> RunConfig:
         raw = tomllib.loads(default_config_text())
     else:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            raw = tomllib.loads(p.read_text())
+            text = read_text_file(p, "config file")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     return resolve(raw)

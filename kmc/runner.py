@@ -32,7 +32,7 @@ import numpy as np
 from common.atomic import write_text_atomic
 from common.provenance import provenance as _provenance
 from kmc import analysis
-from kmc.config import RunConfig, builder_kwargs, physics_fingerprint
+from kmc.config import RunConfig, builder_kwargs, physics_fingerprint, resolve
 from kmc.errors import Interrupted
 from kmc.simulation import Simulation
 from lattice import HalideSublattice, build_configuration, place_defects
@@ -511,7 +511,29 @@ def aggregate(cfg: RunConfig, rows: list[dict]) -> dict:
     return summary
 
 
+def _die_with_parent() -> None:
+    """In a pool worker: exit as soon as the parent process is gone (no orphans computing on)."""
+    import threading  # noqa: PLC0415
+
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+_WATCHING = False
+
+
 def _job_entry(args):
+    global _WATCHING
+    if not _WATCHING:
+        _die_with_parent()
+        _WATCHING = True
     cfg, ti, r, resume, progress, restart_corrupt = args
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run_job(cfg, ti, r, resume=resume, progress=progress, restart_corrupt=restart_corrupt)
@@ -519,9 +541,38 @@ def _job_entry(args):
 
 def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool, restart_corrupt: bool = False) -> None:
     """Every existing run file and checkpoint of the jobs must be intact and belong to this config and catalog."""
-    runs = Path(cfg.output.directory) / "runs"
+    out = Path(cfg.output.directory)
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output.directory {out}: {parent} is a file, not a directory")
+            break
+    for fname in ("config.resolved.json", "summary.json", "runs"):
+        q = out / fname
+        if q.exists() and (q.is_dir() != (fname == "runs")):
+            raise ValueError(f"{q} is in the way: it is a {'file' if fname == 'runs' else 'directory'}")
+    need = estimated_memory_bytes(cfg)
+    have = _physical_memory_bytes()
+    if have and need > 0.8 * have:
+        raise ValueError(f"this run needs about {need / 2**30:.1f} GiB of memory ({cfg.run.workers} worker(s) x "
+                         f"{int(np.prod(cfg.lattice.shape)) * 3:.3g} sites), more than 80 % of the machine's "
+                         f"{have / 2**30:.1f} GiB: use a smaller lattice.shape or fewer run.workers")
+    runs = out / "runs"
     fingerprint = json.dumps(physics_fingerprint(cfg), sort_keys=True)
     cat_hash = catalog.sha256()
+    resolved = out / "config.resolved.json"
+    if resolved.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run ({resolved.name}): use --resume with the same config "
+                                  "to continue it, or another output directory")
+        try:
+            old = json.loads(resolved.read_text())
+            old_fp = json.dumps(physics_fingerprint(resolve(old["config"])), sort_keys=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{resolved} cannot be read ({exc}); move it away") from None
+        if old_fp != fingerprint:
+            raise ValueError(f"refusing to resume in {out}: it holds a run of a different config "
+                             f"({resolved.name}); use another output directory")
     for T in cfg.run.temperatures_K:
         for r in range(cfg.run.replicas):
             for path, what in ((runs / f"{job_name(T, r)}.h5", "run file"),
@@ -545,12 +596,92 @@ def _precheck(cfg: RunConfig, catalog: RateCatalog, resume: bool, restart_corrup
                     raise ValueError(f"refusing to resume from {what} {path}: it was made with a different catalog")
 
 
+BYTES_PER_SITE_ESTIMATE = 160
+"""Peak resident bytes per halide site of one job (engine state, configuration building, run file), measured."""
+
+
+def estimated_memory_bytes(cfg: RunConfig) -> float:
+    """Peak memory of the jobs that run at once (an upper estimate, checked before anything is allocated)."""
+    n_sites = 3 * int(np.prod(cfg.lattice.shape))
+    n_def = cfg.defects.vacancies + cfg.defects.interstitials
+    per_job = BYTES_PER_SITE_ESTIMATE * n_sites + 2_000 * n_def + 300e6  # + interpreter, numba, h5py
+    return per_job * min(cfg.run.workers, len(cfg.run.temperatures_K) * cfg.run.replicas)
+
+
+def _physical_memory_bytes() -> float | None:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class DirectoryLock:
+    """Exclusive lock on an output directory: ``<dir>/.lock`` holding the owner's PID.
+
+    A lock whose process no longer exists is stale and taken over; a live one
+    refuses with the PID. Released (the file removed) on exit.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".lock"
+        self.held = False
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or "0")
+                except (OSError, ValueError):
+                    pid = 0
+                if pid > 0 and _pid_alive(pid):
+                    raise ValueError(f"output directory {self.path.parent} is in use by PID {pid} "
+                                     f"(remove {self.path} if that process is not a kmc run)") from None
+                try:
+                    self.path.unlink()  # stale lock
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise ValueError(f"cannot lock output directory {self.path.parent}")
+
+    def __exit__(self, *exc):
+        if self.held:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            self.held = False
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_all(cfg: RunConfig, resume: bool = False, progress: bool = True, restart_corrupt: bool = False) -> dict:
     """Run every job of ``cfg``, write summary.json (+ plots) and return the summary."""
     out = Path(cfg.output.directory)
     catalog = load_catalog(cfg.run.catalog)
     _precheck(cfg, catalog, resume, restart_corrupt)  # refuse before anything in the output folder is written
-    out.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out):
+        _precheck(cfg, catalog, resume, restart_corrupt)  # again, now that no other run can change the folder
+        return _run_all_locked(cfg, catalog, out, resume, progress, restart_corrupt)
+
+
+def _run_all_locked(cfg: RunConfig, catalog: RateCatalog, out: Path, resume: bool, progress: bool,
+                    restart_corrupt: bool) -> dict:
     write_text_atomic(out / "config.resolved.json", json.dumps(
         {"config": cfg.to_dict(), "provenance": provenance(), "catalog_sha256": catalog.sha256(),
          "catalog_name": catalog.name}, indent=1, sort_keys=True) + "\n")

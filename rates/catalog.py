@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import read_text_file
 from lattice.environment import (
     DESCRIPTOR_NAME,
     DESCRIPTOR_VERSION,
@@ -217,9 +218,10 @@ class RateCatalog:
             origin = "embedded default catalog"
         else:
             p = Path(path)
-            if not p.is_file():
-                raise CatalogError(f"catalog file {str(p)!r} does not exist")
-            text = p.read_text()
+            try:
+                text = read_text_file(p, "catalog file")
+            except ValueError as exc:
+                raise CatalogError(str(exc)) from None
             origin = str(p)
         try:
             data = json.loads(text)
