@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import common.numba_cache  # noqa: F401 - before numba: a writable kernel cache
 from numba import njit
 
 from lattice.environment import (

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import write_text_atomic
 from common.stats import welch_compare
 from kmc.analysis import fit_arrhenius
 from kmc.config import resolve
@@ -44,8 +45,12 @@ def load_md_analysis(path) -> dict:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p} is not JSON: {exc}") from None
-    if d.get("schema") != "halide-kmc/md-analysis":
-        raise ValueError(f"{p} is not a 'kmc md analyze' summary (schema {d.get('schema')!r})")
+    if not isinstance(d, dict) or d.get("schema") != "halide-kmc/md-analysis":
+        got = d.get("schema") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"{p} is not a 'kmc md analyze' summary (schema {got!r})")
+    from common.schemas import MD_ANALYSIS_FOR_COMPARE, check  # noqa: PLC0415
+
+    check(d, MD_ANALYSIS_FOR_COMPARE, str(p))
     if not d.get("per_temperature") or not d.get("runs"):
         raise ValueError(f"{p} holds no analysed runs")
     return d
@@ -181,7 +186,7 @@ def compare(md_path, catalogs: list[str], out_dir, *, upscale_shape=None, events
     out.mkdir(parents=True, exist_ok=True)
     from kmc.runner import _clean  # noqa: PLC0415
 
-    (out / "compare.json").write_text(json.dumps(_clean(result), indent=1) + "\n")
+    write_text_atomic((out / "compare.json"), json.dumps(_clean(result), indent=1) + "\n")
     try:
         _plot(result, out / "compare_arrhenius.png")
     except Exception as exc:  # noqa: BLE001 - the table must survive a plotting problem

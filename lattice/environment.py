@@ -49,6 +49,7 @@ the hop.
 from __future__ import annotations
 
 import numpy as np
+import common.numba_cache  # noqa: F401 - before numba: a writable kernel cache
 from numba import njit
 
 from lattice.species import BR, DEFECT_KINDS, HALIDES, I, KIND_INTERSTITIAL, KIND_VACANCY, N_STATES

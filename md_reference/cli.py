@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from common.atomic import write_text_atomic
+
 
 def add_md_parser(sub) -> None:
     md = sub.add_parser("md", help="direct MD with LAMMPS (ReaxFF, Allegro) and its analysis")
@@ -223,7 +225,7 @@ def cmd_md_analyze(args) -> int:
     plots = None if args.no_plots else Path(args.plots) if args.plots else out.parent / "md_plots"
     summary = analyze_files(files, tracker_kwargs=tracker, plots_dir=plots)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out, json.dumps(summary, indent=1))
     print_report(summary, sys.stdout)
     print(f"\nwrote {out}" + (f" and plots in {plots}" if plots else ""))
     return 0
@@ -269,8 +271,8 @@ def cmd_md_train(args) -> int:
 
 def _model_spec(model: str, compile_mode: str, device: str):
     """A potential spec from ``KIND:PATH``, a model file or a bundled model name (Allegro by default)."""
-    from md_reference.ml.allegro import BUNDLED_MODELS  # noqa: PLC0415 - no torch at import
     from md_reference.md.potentials import POTENTIALS  # noqa: PLC0415
+    from md_reference.ml.allegro import BUNDLED_MODELS  # noqa: PLC0415 - no torch at import
 
     kind = model.split(":", 1)[0] if ":" in model else None
     if kind in POTENTIALS and kind != "allegro":
@@ -306,7 +308,11 @@ def _default_reference(model_path: Path) -> str:
 
 
 def cmd_md_validate(args) -> int:
-    from md_reference.ml.validation import ValidationSettings, format_report, validate_potential  # noqa: PLC0415
+    from md_reference.ml.validation import (  # noqa: PLC0415
+        ValidationSettings,
+        format_report,
+        validate_potential,
+    )
 
     spec = _model_spec(args.model, args.compile, args.device)
     model_path = Path(spec["path"]) if isinstance(spec, dict) else Path(args.model.split(":", 1)[1])

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import read_text_file
+from common.atomic import read_text_file, write_text_atomic
 from lattice.environment import (
     DESCRIPTOR_NAME,
     DESCRIPTOR_VERSION,
@@ -60,6 +60,10 @@ RATE_LAW_EXPRESSION = (
 )
 UNITS = {"energy": "eV", "prefactor": "Hz", "length": "angstrom", "temperature": "K"}
 DEFAULT_CATALOG = "default"
+MAX_PREFACTOR_HZ = 1e16
+"""Attempt frequencies are 1e11-1e14 Hz; beyond this a catalog value is a unit error, not physics."""
+MAX_ENERGY_EV = 20.0
+"""Barriers and pair/bridge energies beyond this (in magnitude) are refused."""
 
 
 class CatalogError(ValueError):
@@ -203,7 +207,7 @@ class RateCatalog:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod
@@ -270,13 +274,9 @@ def catalog_schema() -> dict:
 
 def _check_schema(data, origin: str) -> None:
     """Validate the document's structure (containers, types, required fields); name the first bad field's path."""
-    import jsonschema  # noqa: PLC0415
+    from common.schemas import check  # noqa: PLC0415
 
-    validator = jsonschema.Draft202012Validator(catalog_schema())
-    err = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if err is not None:
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
-        raise CatalogError(f"{origin}: {'field ' + repr(path) if path else 'the catalog'}: {err.message}")
+    check(data, catalog_schema(), origin, CatalogError)
 
 
 def _parse(data: dict, origin: str) -> RateCatalog:
@@ -340,6 +340,8 @@ def _parse(data: dict, origin: str) -> RateCatalog:
         if key in pair_src:
             raise CatalogError(f"{where}: pair {list(key)} listed twice")
         v = _float(_req(entry, "value", where), f"{where}.value")
+        if abs(v) > MAX_ENERGY_EV:
+            raise CatalogError(f"{where}.value = {v} eV is beyond +-{MAX_ENERGY_EV} eV")
         e = _float(entry.get("error"), f"{where}.error", allow_none=True)
         pair[a, b] = pair[b, a] = v
         pair_err[a, b] = pair_err[b, a] = e
@@ -356,6 +358,8 @@ def _parse(data: dict, origin: str) -> RateCatalog:
         if not math.isnan(bridge[nb]):
             raise CatalogError(f"{where}: bridge {BRIDGE_NAMES[nb]} listed twice")
         bridge[nb] = _float(_req(entry, "value", where), f"{where}.value")
+        if abs(bridge[nb]) > MAX_ENERGY_EV:
+            raise CatalogError(f"{where}.value = {bridge[nb]} eV is beyond +-{MAX_ENERGY_EV} eV")
         bridge_err[nb] = _float(entry.get("error"), f"{where}.error", allow_none=True)
         bridge_src[nb] = str(entry.get("source", ""))
     if np.isnan(bridge).any():
@@ -388,8 +392,11 @@ def _parse(data: dict, origin: str) -> RateCatalog:
         if e < 0:
             raise CatalogError(f"{where}: negative barrier E_KRA_eV = {e} for class {class_label(cid)}")
         p = _float(_req(entry, "prefactor_Hz", where), f"{where}.prefactor_Hz")
-        if p <= 0:
-            raise CatalogError(f"{where}: prefactor_Hz must be > 0, got {p} for class {class_label(cid)}")
+        if not 0 < p <= MAX_PREFACTOR_HZ:
+            raise CatalogError(f"{where}: prefactor_Hz must lie in (0, {MAX_PREFACTOR_HZ:g}] Hz, got {p} for class "
+                               f"{class_label(cid)}")
+        if e > MAX_ENERGY_EV:
+            raise CatalogError(f"{where}: E_KRA_eV = {e} is beyond {MAX_ENERGY_EV} eV for class {class_label(cid)}")
         e_kra[cid] = e
         nu[cid] = p
         e_err[cid] = _float(entry.get("E_KRA_err_eV"), f"{where}.E_KRA_err_eV", allow_none=True)

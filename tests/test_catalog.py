@@ -124,8 +124,8 @@ def _mutations():
         (fmt, "format"),
         (schema, "schema_version"),
         (negative, "negative barrier"),
-        (prefactor_zero, "prefactor_Hz must be > 0"),
-        (prefactor_negative, "prefactor_Hz must be > 0"),
+        (prefactor_zero, r"prefactor_Hz must lie in \(0, "),
+        (prefactor_negative, r"prefactor_Hz must lie in \(0, "),
         (pair_cl, "unknown site state 'Cl'"),
         (mover_cl, "unknown species 'Cl'"),
         (id_range, f"id {N_CLASSES} is not a class"),
@@ -230,3 +230,15 @@ def test_container_types_are_validated_with_the_path_named(tmp_path, default_cat
     assert main(["rates", "show", str(bad)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "bad.json" in err
+
+
+@pytest.mark.parametrize("field,value,match", [("prefactor_Hz", 1e308, "prefactor_Hz must lie in"),
+                                               ("E_KRA_eV", 1e6, "beyond 20.0 eV")])
+def test_absurd_catalog_values_are_refused(tmp_path, default_catalog, field, value, match):
+    data = default_catalog.to_dict()
+    for c in data["classes"]:
+        c[field] = value
+    p = tmp_path / "absurd.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match=match):
+        load_catalog(p)

@@ -439,3 +439,83 @@ def test_workers_die_with_their_parent(tmp_path):
         time.sleep(0.5)
         alive = [k for k in alive if running(k)]
     assert not alive, f"workers {alive} outlived their parent"
+
+
+# --------------------------------------------------------------------------
+# the MD side and the fitting/compare commands: bad JSON inputs and damaged trajectories
+# --------------------------------------------------------------------------
+def _md_analysis_doc():
+    """A valid (tiny) md-analysis summary: rates fit and compare both accept it."""
+    d = {"mean": 1e-5, "sem": 1e-6, "n": 4}
+    return {"schema": "halide-kmc/md-analysis", "schema_version": 1, "units": {"time": "ps"},
+            "per_temperature": [{"temperature_K": 500.0, "classes": [{"cls": 3, "n_hops": 2, "exposure_ps": 10.0}],
+                                 "n_hops": 60, "D_eq1_cm2_s": {"X": d, "I": d, "Br": {"mean": None, "sem": None, "n": 0}},
+                                 "D_defect_cm2_s": d}],
+            "runs": [{"temperature_K": 500.0, "lattice_constant_A": 6.3, "run_index": 0,
+                      "configuration": {"kind": "pure", "shape": [3, 3, 3], "n_sites": 81, "x_I": 1.0, "axis": 0,
+                                        "species": "I"},
+                      "tracking": {"defect_kinds": ["interstitial"]}}]}
+
+
+MD_JSON_MUTATIONS = [("schema",), ("per_temperature",), ("per_temperature", 0, "temperature_K"),
+                     ("per_temperature", 0, "classes"), ("per_temperature", 0, "classes", 0, "n_hops"),
+                     ("per_temperature", 0, "classes", 0, "exposure_ps"), ("per_temperature", 0, "classes", 0, "cls"),
+                     ("per_temperature", 0, "D_eq1_cm2_s"), ("per_temperature", 0, "D_eq1_cm2_s", "X", "mean"),
+                     ("runs",), ("runs", 0, "lattice_constant_A"), ("runs", 0, "configuration"),
+                     ("runs", 0, "configuration", "shape"), ("runs", 0, "configuration", "kind"),
+                     ("runs", 0, "tracking")]
+
+
+def test_the_unmutated_md_json_is_accepted(tmp_path, capsys):
+    p = tmp_path / "md_analysis.json"
+    p.write_text(json.dumps(_md_analysis_doc()))
+    assert main(["rates", "fit", "--md", str(p), "--out", str(tmp_path / "cat.json")]) == 0
+    assert main(["compare", str(p), "-c", "default", "--out", str(tmp_path / "cmp"), "--events", "100",
+                 "--replicas", "2"]) == 0
+
+
+@pytest.mark.parametrize("path", MD_JSON_MUTATIONS)
+@pytest.mark.parametrize("value", [None, "x", -1, [], {}, math.inf])
+def test_rates_fit_and_compare_on_bad_md_json(tmp_path, capsys, path, value):
+    doc = _md_analysis_doc()
+    node = doc
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    p = tmp_path / "md_analysis.json"
+    p.write_text(json.dumps(doc))
+    rc = main(["rates", "fit", "--md", str(p), "--out", str(tmp_path / "cat.json")])
+    check_outcome(rc, capsys.readouterr().err)
+    rc = main(["compare", str(p), "-c", "default", "--out", str(tmp_path / "cmp"), "--events", "100", "--replicas", "2"])
+    check_outcome(rc, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"\x89HDF\r\n\x1a\n" + b"\0" * 100])
+def test_md_analyze_on_damaged_trajectory(tmp_path, capsys, content):
+    pytest.importorskip("ase")
+    t = tmp_path / "T500_r0.h5"
+    t.write_bytes(content)
+    rc = main(["md", "analyze", str(tmp_path), "--no-plots"])
+    check_outcome(rc, capsys.readouterr().err, "T500_r0.h5")
+    assert rc == 2 and t.read_bytes() == content
+
+
+def test_read_only_install_falls_back_to_a_temporary_numba_cache(monkeypatch, caplog):
+    import common.numba_cache as nc
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
+    monkeypatch.setattr(nc, "_writable", lambda d: False)
+    import numba
+
+    old = numba.config.CACHE_DIR
+    try:
+        with caplog.at_level("WARNING"):
+            nc.ensure_writable_cache()
+        assert os.environ["NUMBA_CACHE_DIR"].startswith(os.path.join(__import__("tempfile").gettempdir(),
+                                                                     "halide-kmc-numba-cache"))
+        assert numba.config.CACHE_DIR == os.environ["NUMBA_CACHE_DIR"]
+        assert "read-only" in caplog.text
+    finally:
+        numba.config.CACHE_DIR = old
+        monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)

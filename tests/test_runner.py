@@ -289,3 +289,13 @@ def test_signal_writes_a_checkpoint_and_exits_quietly(tmp_path, sig):
     assert ckpt.is_file()
     with h5py.File(ckpt, "r") as f:
         assert f["obs/time_s"].shape[0] >= 2
+
+
+def test_resume_with_other_temperatures_is_refused_and_changes_nothing(tmp_path):
+    cfg = small_cfg(tmp_path, "temps")
+    run_all(cfg, progress=False)
+    out = Path(cfg.output.directory)
+    before = {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(ValueError, match="different config"):
+        run_all(cfg.with_overrides({"run.temperatures_K": [450.0]}), resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before

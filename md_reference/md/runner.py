@@ -26,7 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from md_reference.md.lammps_driver import LammpsSession, MDSettings, measure_lattice_constant
+from common.atomic import write_text_atomic
+from md_reference.md.lammps_driver import (
+    LammpsSession,
+    MDSettings,
+    measure_lattice_constant,
+)
 from md_reference.md.potentials import load_potential
 from md_reference.md.structures import build_cell, vegard_lattice_constant
 from md_reference.md.trajectory import TrajectoryWriter, is_complete
@@ -128,7 +133,7 @@ def _lattice_constant(job: MDJob, t_index: int, temperature_K: float, config_x_I
         rec = measure_lattice_constant(atoms, load_potential(job.potential), temperature_K,
                                        timestep_fs=job.settings.timestep_fs, seed=seed)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(rec, indent=2))
+        write_text_atomic(cache, json.dumps(rec, indent=2))
         return rec["lattice_constant_A"], {"method": "npt", **rec}
     return float(lc), {"method": "given"}
 
@@ -299,7 +304,7 @@ def run_all(job: MDJob, workers: int = 1, resume: bool = True, progress: bool = 
     """
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "job.json").write_text(json.dumps({"job": job.to_dict(), "versions": md_provenance()}, indent=2))
+    write_text_atomic((out / "job.json"), json.dumps({"job": job.to_dict(), "versions": md_provenance()}, indent=2))
     # The NPT lattice constants are measured once per temperature, before the runs.
     if job.structure.lattice_constant == "npt":
         s = job.structure

@@ -69,7 +69,13 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from md_reference.md.potentials import ExternalPotential, PotentialError, ase_calculator_compute, file_sha256
+from common.atomic import write_text_atomic
+from md_reference.md.potentials import (
+    ExternalPotential,
+    PotentialError,
+    ase_calculator_compute,
+    file_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +220,7 @@ def compile_package(package_path: str | Path, device: str = "cpu", cache_dir: st
         "command": f"nequip-compile {package_path.name} {out.name} --mode aotinductor "
                    f"--device {device} --target {COMPILE_TARGET}",
     }
-    out.with_name(out.name + ".json").write_text(json.dumps(sidecar, indent=2))
+    write_text_atomic(out.with_name(out.name + ".json"), json.dumps(sidecar, indent=2))
     log.info("compiled %s in %.1f s -> %s", package_path.name, sidecar["compile_time_s"], out)
     return out, True
 
@@ -288,8 +294,8 @@ class AllegroPotential(ExternalPotential):
             raise PotentialError(f"unknown compile mode {compile!r}; valid modes are {list(COMPILE_MODES)}")
         self.device = _normalise_device(device)
         try:
-            import torch  # noqa: PLC0415
             import nequip  # noqa: F401, PLC0415
+            import torch  # noqa: PLC0415
         except ImportError as exc:
             raise PotentialError(
                 "AllegroPotential needs torch, nequip and nequip-allegro (the allegro extra)"

@@ -69,8 +69,9 @@ from pathlib import Path
 
 import numpy as np
 
-from md_reference.md.potentials import Potential, file_sha256, load_potential
+from common.atomic import write_text_atomic
 from common.provenance import to_jsonable, versions
+from md_reference.md.potentials import Potential, file_sha256, load_potential
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def write_dataset(frames, path: str | Path, provenance: dict | None = None) -> d
         "energy_per_atom_std_eV": float(e_per_atom.std()) if e_per_atom.size else None,
         "provenance": provenance or {},
     }
-    Path(str(path) + ".json").write_text(json.dumps(meta, indent=2, default=str))
+    write_text_atomic(Path(str(path) + ".json"), json.dumps(meta, indent=2, default=str))
     return meta
 
 
@@ -433,7 +434,11 @@ class CellRecipe:
     def build(self, seed: int, lattice_constant_A: float | None = None, *, a_I_A: float = 6.30,
               a_Br_A: float = 5.90, scale: float = 1.0):
         """(atoms, config, defects, a): the cell at ``lattice_constant_A`` or at Vegard's law times ``scale``."""
-        from md_reference.md.structures import build_atoms, build_cell, vegard_lattice_constant  # noqa: PLC0415
+        from md_reference.md.structures import (  # noqa: PLC0415
+            build_atoms,
+            build_cell,
+            vegard_lattice_constant,
+        )
 
         self.validate()
         _, config, defects = build_cell(self.kind, tuple(int(n) for n in self.shape), defect=self.defect,

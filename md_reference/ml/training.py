@@ -42,6 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.atomic import write_text_atomic
+from common.provenance import git_revision, to_jsonable, versions  # noqa: F401 - re-exported
+from md_reference.md.potentials import file_sha256
 from md_reference.ml.dataset import (  # noqa: F401 - re-exported (older home of the dataset functions)
     DATASET_SCHEMA,
     DEFAULT_CELLS,
@@ -53,8 +56,6 @@ from md_reference.ml.dataset import (  # noqa: F401 - re-exported (older home of
     sample_md_frames,
     write_dataset,
 )
-from md_reference.md.potentials import file_sha256
-from common.provenance import git_revision, to_jsonable, versions  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def write_training_config(out_dir: str | Path, dataset_extxyz: str | Path, *, pr
     path = out_dir / name
     header = (f"# nequip-train config written by md_reference.ml.training ({TRAINING_SCHEMA})\n"
               f"# preset {preset}; dataset sha256 {file_sha256(dataset)}\n")
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -493,8 +494,8 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
     dict
         The model record (also written to ``OUT/NAME.json``).
     """
-    from md_reference.ml import dataset as D  # noqa: PLC0415
     from md_reference.md.potentials import Potential, load_potential  # noqa: PLC0415
+    from md_reference.ml import dataset as D  # noqa: PLC0415
 
     if int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs}")
@@ -580,7 +581,7 @@ def train_pipeline(out_dir: str | Path, reference, *, name: str = "allegro", pre
                         "total": round(time.perf_counter() - t0, 1)},
         "limitations": LIMITATIONS,
     }
-    model_record_path(model).write_text(json.dumps(to_jsonable(record), indent=2) + "\n")
+    write_text_atomic(model_record_path(model), json.dumps(to_jsonable(record), indent=2) + "\n")
     log.info("model %s (%s parameters, %.0f kB) in %.0f s", model, n_params, record["model_bytes"] / 1024,
              record["wall_time_s"]["total"])
     return record

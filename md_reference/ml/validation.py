@@ -57,6 +57,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import write_text_atomic
+from common.provenance import git_revision, to_jsonable, utc_now, versions
+from md_reference.md.potentials import Potential, load_potential
 from md_reference.ml.dataset import (
     PURPOSE_VALIDATION,
     CellRecipe,
@@ -65,8 +68,6 @@ from md_reference.ml.dataset import (
     plan_tasks,
     run_md_task,
 )
-from md_reference.md.potentials import Potential, load_potential
-from common.provenance import git_revision, to_jsonable, utc_now, versions
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +494,7 @@ def validate_potential(model, reference, settings: ValidationSettings | None = N
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "validation.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_text_atomic((out / "validation.json"), json.dumps(report, indent=1) + "\n")
         if plots:
             write_plots(report, frames_ref, frames_model, masks, out)
     return report

@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from common.atomic import write_text_atomic
+
 RECORDS_SCHEMA = "halide-kmc/neb-records"
 RECORDS_VERSION = 1
 
@@ -131,13 +133,13 @@ def _table(records: list[dict]) -> str:
 
 
 def cmd_neb_validate(args) -> int:
-    from md_reference.neb.band import format_validation_table, validate_reference_paths  # noqa: PLC0415
     from md_reference.md.runner import md_provenance  # noqa: PLC0415
+    from md_reference.neb.band import format_validation_table, validate_reference_paths  # noqa: PLC0415
 
     rows = validate_reference_paths(_potential_spec(args.potential), args.validate, _settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"schema": "halide-kmc/neb-validation", "schema_version": 1,
+    write_text_atomic(out, json.dumps({"schema": "halide-kmc/neb-validation", "schema_version": 1,
                                "units": {"energy": "eV", "length": "A"}, "rows": rows,
                                "versions": md_provenance()}, indent=1))
     print(format_validation_table(rows))
@@ -151,10 +153,10 @@ def cmd_neb_validate(args) -> int:
 def cmd_neb(args) -> int:
     if args.validate:
         return cmd_neb_validate(args)
-    from md_reference.neb.band import run_hops, sample_hops  # noqa: PLC0415
     from md_reference.md.potentials import load_potential  # noqa: PLC0415
     from md_reference.md.runner import md_provenance  # noqa: PLC0415
     from md_reference.md.structures import resolve_lattice_constant  # noqa: PLC0415
+    from md_reference.neb.band import run_hops, sample_hops  # noqa: PLC0415
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -184,7 +186,7 @@ def cmd_neb(args) -> int:
             rec["interface_distance_planes"] = int(dist[hops[i]["site_a"]])
         records[i] = rec
         done = [r for r in records if r is not None]
-        out.write_text(json.dumps({**header, "n_done": len(done), "records": records}, indent=1))
+        write_text_atomic(out, json.dumps({**header, "n_done": len(done), "records": records}, indent=1))
         logging.getLogger("md_reference.neb.band").info("hop %d/%d done", len(done), len(hops))
 
     run_hops(config, args.defect, hops, spec, a, settings, added_species=args.added_species,
