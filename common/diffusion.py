@@ -147,7 +147,7 @@ def successive_cosines(log: HopLog, species: str = "X") -> np.ndarray:
     u, v = s[:-1][same], s[1:][same]
     nu = np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1)
     ok = nu > 0
-    return np.einsum("ij,ij->i", u[ok], v[ok]) / nu[ok]
+    return np.clip(np.einsum("ij,ij->i", u[ok], v[ok]) / nu[ok], -1.0, 1.0)
 
 
 def back_hop_fraction(log: HopLog, species: str = "X") -> tuple[float, int]:

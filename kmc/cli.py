@@ -6,6 +6,8 @@
 ``kmc rates fit --md A.json --out C.json``  fit per-class hop rates to MD hop counts and write a catalog
 ``kmc rates fit --neb R.json [--md A.json] --out C.json``  catalog from NEB records (MD classes take precedence)
 ``kmc compare MD.json -c CAT``  D from direct MD against KMC with rate catalogs
+``kmc compare --matrix SPEC``  the KMC-vs-MD validation matrix
+``kmc sweep SWEEP.toml``       a base config times axes over config keys, on Dask
 ``kmc md run|analyze ...``    direct MD with LAMMPS and its analysis (needs the ``md`` extra;
                               defined in :mod:`md_reference.cli`, loaded only for these commands)
 """
@@ -271,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kmc.compare import add_compare_parser
 
     add_compare_parser(sub)
+    from kmc.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 
