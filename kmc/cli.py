@@ -47,6 +47,7 @@ def _add_run(sub) -> None:
     p.add_argument("--restart-corrupt", action="store_true",
                    help="with --resume: set damaged run files / checkpoints aside (*.corrupt-<time>) and rerun those jobs")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_run(args) -> int:
@@ -71,7 +72,7 @@ def cmd_run(args) -> int:
     if args.no_plots:
         overrides["output.plots"] = False
     cfg = cfg.with_overrides(overrides)
-    summary = run_all(cfg, resume=args.resume, progress=True, restart_corrupt=args.restart_corrupt)
+    summary = run_all(cfg, resume=args.resume, progress=not args.quiet, restart_corrupt=args.restart_corrupt)
     _print_summary(summary)
     print(f"\nwrote {cfg.output.directory}/summary.json")
     return 0

@@ -361,6 +361,7 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
         bar = tqdm(total=n_obs, initial=len(obs) - 1, desc=name, unit="obs", leave=False,
                    disable=not sys.stderr.isatty())
     last_ckpt = time.perf_counter()
+    ev_start = sim.n_events
     every = float(cfg.run.checkpoint_every_wall_s)
     stop = {"signal": None}
     old_handlers = _install_stop_handlers(stop)
@@ -378,6 +379,9 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
             sim.advance(t_stop, budget)
             observe()
             if bar is not None:
+                el = max(time.perf_counter() - wall0, 1e-9)
+                bar.set_postfix_str(f"{sim.n_events:.3g} events, t = {sim.time_s:.3g} s, "
+                                    f"{(sim.n_events - ev_start) / el:.3g} ev/s", refresh=False)
                 bar.update(1)
             if time.perf_counter() - last_ckpt > every and len(obs) <= n_obs:
                 checkpoint()

@@ -216,6 +216,10 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
         last_report = time.time()
         t_loop = time.time()
         frames_done = 0
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=n_frames_total, initial=frame, unit="frame", desc=f"T{T:g} r{run_index}", leave=False,
+                   disable=not (progress and sys.stderr.isatty()))
         while frame < n_frames_total:
             sess.run(settings.dump_every)
             step += settings.dump_every
@@ -230,14 +234,17 @@ def run_md(job: MDJob, t_index: int, run_index: int, resume: bool = True, progre
                             path.name, frame, n_frames_total)
                 return {"path": str(path), "status": "interrupted", "n_frames": writer.n_frames}
             now = time.time()
+            bar.update(1)
             if progress and now - last_report > 10.0:
                 ms = 1000.0 * (now - t_loop) / (frames_done * settings.dump_every)
                 eta = (n_frames_total - frame) * settings.dump_every * ms / 1000.0
-                log.warning("T=%g K run %d: %5.1f%% (%.1f of %.1f ps), %.1f ms/step, ETA %.0f s",
+                bar.set_postfix_str(f"{step * settings.timestep_fs / 1000:.1f} ps, {ms:.1f} ms/step", refresh=False)
+                log.info("T=%g K run %d: %5.1f%% (%.1f of %.1f ps), %.1f ms/step, ETA %.0f s",
                             T, run_index, 100.0 * frame / n_frames_total,
                             step * settings.timestep_fs / 1000, settings.n_steps * settings.timestep_fs / 1000,
                             ms, eta)
                 last_report = now
+        bar.close()
         wall = time.time() - t_start
         summary = {
             "wall_s": wall,
@@ -319,7 +326,7 @@ def run_all(job: MDJob, workers: int = 1, resume: bool = True, progress: bool = 
         for t in tasks:
             results.append(_worker(t))
             if progress:
-                log.warning("finished %s", results[-1]["path"])
+                log.info("finished %s", results[-1]["path"])
         return results
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -329,7 +336,7 @@ def run_all(job: MDJob, workers: int = 1, resume: bool = True, progress: bool = 
             for i, f in enumerate(as_completed(futs), 1):
                 results.append(f.result())
                 if progress:
-                    log.warning("finished %d/%d: %s", i, len(tasks), results[-1]["path"])
+                    log.info("finished %d/%d: %s", i, len(tasks), results[-1]["path"])
     finally:
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
