@@ -81,6 +81,8 @@ class Configuration:
         """Boolean mask: site inside the nanodomain box."""
         if self.box is None:
             raise ValueError(f"a {self.kind!r} configuration has no nanodomain")
+        if sites is None:
+            return self.lattice.box_mask(self.box)
         c = self.lattice.coords(sites)
         return np.all((c >= self.box[:, 0]) & (c <= self.box[:, 1]), axis=1)
 
@@ -225,10 +227,10 @@ def build_nanodomain(
             f"{tuple(int(v) for v in shape)} lattice without wrapping around the periodic boundary"
         )
     box = np.stack([2 * o, 2 * (o + m)], axis=1).astype(np.int64)
-    coords = lattice.coords()
-    inside = np.all((coords >= box[:, 0]) & (coords <= box[:, 1]), axis=1)
+    inside = lattice.box_mask(box)
     other = BR if code == I else I
-    occ = np.where(inside, code, other).astype(np.int8)
+    occ = np.full(lattice.n_sites, other, dtype=np.int8)
+    occ[inside] = code
     return Configuration(
         lattice,
         occ,

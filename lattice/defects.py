@@ -95,11 +95,15 @@ def place_defects(
         raise ValueError(f"defect counts must be >= 0, got vacancies={n_v}, interstitials={n_i}")
     n = n_v + n_i
     if isinstance(where, str):
-        pool = candidate_sites(config, where)
-        if n > pool.size:
-            raise ValueError(f"cannot place {n} defects on the {pool.size} sites allowed by placement {where!r}")
+        pool = None if where == "random" else candidate_sites(config, where)
+        n_pool = config.lattice.n_sites if pool is None else pool.size
+        if n > n_pool:
+            raise ValueError(f"cannot place {n} defects on the {n_pool} sites allowed by placement {where!r}")
         rng = np.random.default_rng(seed)
-        sites = np.sort(rng.choice(pool, size=n, replace=False)) if n else np.zeros(0, np.int64)
+        # "random": the pool is every site; choosing indices draws the same numbers without an arange
+        pick = (lambda: rng.choice(config.lattice.n_sites, size=n, replace=False)) if pool is None else \
+            (lambda: rng.choice(pool, size=n, replace=False))
+        sites = np.sort(pick()) if n else np.zeros(0, np.int64)
         rng.shuffle(sites)
     else:
         sites = np.asarray(list(where), dtype=np.int64)

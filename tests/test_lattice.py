@@ -234,3 +234,16 @@ def test_defect_placement_errors():
         place_defects(cfg, vacancies=2, where=[1])
     with pytest.raises(ValueError, match="added_species"):
         place_defects(cfg, interstitials=1, added_species="Cl")
+
+
+def test_broadcast_coordinates_equal_the_full_coordinate_array():
+    """axis_coordinate and box_mask build per-site arrays without the 24 B/site coordinate array."""
+    from lattice import HalideSublattice
+
+    lat = HalideSublattice((5, 4, 6))
+    c = lat.coords()
+    for a in range(3):
+        assert np.array_equal(lat.axis_coordinate(a), c[:, a])
+        assert np.array_equal(lat.plane_index(a), c[:, a])
+    box = np.array([[2, 6], [1, 5], [3, 9]])
+    assert np.array_equal(lat.box_mask(box), np.all((c >= box[:, 0]) & (c <= box[:, 1]), axis=1))
