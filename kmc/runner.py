@@ -46,7 +46,8 @@ RUN_SCHEMA_VERSION = 1
 RUN_FILE_LAYOUT = """
 attrs: format, schema_version, config_json, fingerprint_json, provenance_json, catalog_json,
        catalog_sha256, temperature_K, replica, seed_entropy, seed_spawn_key, lattice_constant_A,
-       units_json, complete, stopped_by, n_defects_json
+       units_json, complete, stopped_by, n_defects_json, n_resumes (times the job continued from a checkpoint),
+       content_sha256 (digest of attributes and datasets)
 obs/time_s (n,) float64                simulated time of each observation, s
 obs/n_events (n,) int64                events executed
 obs/msd_species (n, 2) int64           sum over all I / Br atoms of |r(t) - r(0)|^2, (a/2)^2
@@ -291,6 +292,7 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
     wall0 = time.perf_counter()
     wall_before = 0.0
     stopped_by = None
+    n_resumes = 0
 
     if ckpt_path.exists():
         if not resume:
@@ -312,6 +314,7 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
                 sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg.run.event_log)
                 obs, wall_before = _ObsBuffer(), 0.0
             else:
+                n_resumes = int(attrs_c.get("n_resumes", 0)) + 1
                 log.info("%s: resumed at t = %.4g s after %d observations", name, sim.time_s, len(obs))
 
     n_obs = int(cfg.run.n_observations)
@@ -336,6 +339,7 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
         "n_defects_json": json.dumps({"vacancy": defects.n_vacancies, "interstitial": defects.n_interstitials}),
         "configuration_json": json.dumps(config.describe(), sort_keys=True),
         "warnings_json": json.dumps(warnings),
+        "n_resumes": n_resumes,
     }
 
     def observe():

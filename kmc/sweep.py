@@ -225,6 +225,7 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
     _write_csv(out / "results.csv", rows)
     try:
         plot_sweep(rows, list(sw["tasks"][0]["point"]), out / "plots")
+        plot_profiles_and_mixing(sw, summaries, out / "plots")
     except Exception as exc:  # noqa: BLE001 - the table must survive a plotting problem
         log.warning("plots failed: %s", exc)
     return {"rows": rows, "n_tasks": len(sw["tasks"]), "n_run": len(todo), "wall_s": time.perf_counter() - t0,
@@ -312,6 +313,64 @@ def plot_sweep(rows: list[dict], axes: list[str], out: Path) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]
+
+
+def _label(point: dict, skip=()) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items() if k not in skip) or "all"
+
+
+def plot_profiles_and_mixing(sw: dict, summaries: dict, out: Path) -> list[Path]:
+    """Defect free-energy profiles overlaid per task (heterojunctions), mixing counts against time (nanodomains)."""
+    import h5py  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from common.units import K_B_EV  # noqa: PLC0415
+    from lattice import HalideSublattice  # noqa: PLC0415
+
+    made = []
+    het = [t for t in sw["tasks"] if t["config"].configuration.kind == "heterojunction"]
+    if het:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for t in het:
+            cfg = t["config"]
+            axis = {"x": 0, "y": 1, "z": 2}[cfg.configuration.axis]
+            spp = HalideSublattice(cfg.lattice.shape).sites_per_plane(axis)
+            for e in summaries[t["hash"]]["per_temperature"]:
+                occ = np.sum([np.asarray(v, dtype=float) for v in e["occupancy_time_per_plane_s"].values()], axis=0)
+                p = occ / spp
+                if not np.any(p > 0):
+                    continue
+                with np.errstate(divide="ignore"):
+                    F = np.where(p > 0, -K_B_EV * e["temperature_K"] * np.log(p / p.max()), np.nan)
+                ax.plot(np.arange(F.size) / 2.0, F, marker=".", lw=1, label=f"{_label(t['point'])}")
+        ax.set_xlabel("plane position (unit cells)")
+        ax.set_ylabel("defect free energy F (eV)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        made.append(out / "profiles.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    nano = [t for t in sw["tasks"] if t["config"].configuration.kind == "nanodomain"]
+    if nano:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for t in nano:
+            for f in sorted((Path(t["config"].output.directory) / "runs").glob("T*_r*.h5")):
+                if ".ckpt" in f.name or ".corrupt" in f.name:
+                    continue
+                with h5py.File(f, "r") as h:
+                    tt, mix = h["obs/time_s"][()], h["obs/mixing"][()].sum(axis=1)
+                ax.plot(tt, mix - mix[0], lw=1, label=f"{_label(t['point'])} {f.stem}")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("mixing events (halides out of / into the domain)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        made.append(out / "mixing.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    return made
 
 
 def add_sweep_parser(sub) -> None:

@@ -108,3 +108,71 @@ def test_unreachable_scheduler_is_a_quick_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "cannot reach the Dask scheduler" in err and time.time() - t0 < 30
     assert json.loads((Path(tmp_path) / "out" / "sweep.json").read_text())["tasks"]
+
+
+def test_profile_and_mixing_plots(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE.replace('kind = "heterojunction"\nthickness_I = 4\nthickness_Br = 4',
+                                                     'kind = "nanodomain"\ndomain_species = "I"\ndomain_size = 2')
+                                        .replace('placement = "interface"', 'placement = "domain"')
+                                        .replace("shape = [8, 3, 3]", "shape = [5, 5, 5]"))
+    p = tmp_path / "n.toml"
+    p.write_text(f'[sweep]\nbase = "base.toml"\nreplicas = 1\ndirectory = "{tmp_path / "nano"}"\n'
+                 '[axes]\n"configuration.domain_size" = [2, 3]\n')
+    run_sweep(p, progress=False)
+    assert (tmp_path / "nano" / "plots" / "mixing.png").is_file()
+    h = write(tmp_path, axes='"configuration.interface" = ["I-rich", "Br-rich"]', directory="het")
+    run_sweep(h, progress=False)
+    assert (tmp_path / "het" / "plots" / "profiles.png").is_file()
+
+
+def test_killed_worker_task_reruns_from_its_checkpoint(tmp_path):
+    """kill -9 the Dask worker in the middle of a task: Dask reruns the task, which resumes its checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "base.toml").write_text(BASE.replace("max_events = 5000", "max_events = 40000000")
+                                        .replace("n_observations = 5", "n_observations = 400\n"
+                                                                       "checkpoint_every_wall_s = 0.5")
+                                        .replace("shape = [8, 3, 3]", "shape = [16, 6, 6]")
+                                        .replace("thickness_I = 4\nthickness_Br = 4", "thickness_I = 8\nthickness_Br = 8"))
+    p = tmp_path / "k.toml"
+    p.write_text(f'[sweep]\nbase = "base.toml"\nreplicas = 1\ndirectory = "{tmp_path / "k"}"\n'
+                 '[axes]\n"configuration.interface" = ["I-rich"]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "kmc.cli", "sweep", str(p), "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpts = lambda: list((tmp_path / "k" / "tasks").glob("*/runs/*.ckpt.h5")) if (tmp_path / "k" / "tasks").exists() else []  # noqa: E731
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpts():
+        time.sleep(0.2)
+    assert ckpts(), "no checkpoint appeared"
+    time.sleep(1.0)
+    # the worker is the process that has the checkpoint file's job open: a grandchild of the sweep
+    def descendants(pid):
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    continue
+                if ppid == pid:
+                    out += [int(d.name)] + descendants(int(d.name))
+        return out
+    killed = 0
+    for q in descendants(proc.pid):
+        cmd = Path(f"/proc/{q}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmd or b"multiprocessing" in cmd:
+            os.kill(q, signal.SIGKILL)
+            killed += 1
+    assert killed >= 1
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "1 tasks (1 run now" in out
+    runs = list((tmp_path / "k" / "tasks").glob("*/runs/T*_r0.h5"))
+    assert runs and not ckpts()
+    import h5py
+
+    with h5py.File(runs[0], "r") as f:
+        assert int(f.attrs["n_resumes"]) >= 1  # the rerun continued from the checkpoint, not from scratch
