@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from common.atomic import write_text_atomic
+from common.atomic import jsonable, write_text_atomic
 from common.provenance import provenance as _provenance
 from kmc import analysis
 from kmc.config import RunConfig, builder_kwargs, physics_fingerprint, resolve
@@ -716,16 +716,4 @@ def _run_all_locked(cfg: RunConfig, catalog: RateCatalog, out: Path, resume: boo
     return summary
 
 
-def _clean(o):
-    """JSON-ready copy: numpy scalars/arrays to Python, NaN/inf to None (strict JSON)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        return float(o) if math.isfinite(o) else None
-    return o
+_clean = jsonable  # JSON-ready copy: NumPy to Python, NaN/inf to None (strict JSON)

@@ -29,6 +29,7 @@ from common.diffusion import (  # noqa: F401 - Eq. 1 estimators live in common, 
     fit_msd_eq1,
     msd_eq1,
 )
+from common.atomic import jsonable as to_jsonable  # noqa: F401 - re-exported
 from common.stats import fit_arrhenius, mean_sem
 from common.units import A2_PER_PS_TO_CM2_PER_S  # noqa: F401 - 1 A^2/ps = 1e-4 cm^2/s
 from lattice.configurations import Configuration
@@ -515,21 +516,6 @@ def mixing_counts_from_occupancy(config: Configuration, occupancy: np.ndarray) -
     domain_out = np.sum((occ == config.domain_species) & ~inside, axis=1).astype(np.int64)
     matrix_in = np.sum((occ == other) & inside, axis=1).astype(np.int64)
     return _mixing_result(domain_out, matrix_in)
-
-
-def to_jsonable(obj):
-    """Recursively convert NumPy arrays and scalars (and inf/NaN to None) for ``json.dump``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 __all__ = [
