@@ -257,3 +257,14 @@ def test_profile_and_mixing_paths_on_planted_inputs(tmp_path):
     m = [m for m in mix if m["fit"] == "all"][0]
     assert m["md_mixing_events"] >= 0 and m["kmc_mixing_events"] >= 0 and m["n_kmc"] >= 16
     assert m["verdict"] in ("agree", "disagree") or m["verdict"].startswith("insufficient")
+
+
+def test_single_md_run_falls_back_to_hop_counting(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    case = spec.cases[0]
+    records = {T: pseudo_md_records(case, T, 1, 1500.0, 21) for T in case.temperatures_K}
+    rows = evaluate_diffusion(spec, case, records, upscale=False)["rows"]
+    x = [r for r in rows if r["species"] == "X" and r["fit"] == "all"]
+    assert x and all(r["verdict_estimator"].startswith("hop_count") for r in x)
+    assert all(r["verdict"] in ("agree", "disagree") for r in x)  # a verdict, not "undetermined"
+    assert all(r["p_value"] > 0.01 for r in x)  # same model

@@ -109,18 +109,27 @@ def _verdict(n_hops: int, min_hops: int, cmp: dict) -> str:
 
 
 def _row(case, T, species, cell, fit, n_hops, min_hops, md, kmc_vals, unseen, kmc_extra=None) -> dict:
+    """One comparison row. With a single MD run (no spread to take an error from) the row falls back to
+    hop counting times the correlation factor on both sides, with Poisson and delta-method errors."""
     km, ks, kn = mean_sem(kmc_vals)
-    dm = md["lattice_lag"]
+    dm = dict(md["lattice_lag"])
+    estimator = "lattice_lag"
+    kh = (kmc_extra or {}).get("kmc_hop_count")
+    if dm["n"] < 2 and kh is not None and math.isfinite(md["hop_count"]["err_cm2_s"]):
+        hc = md["hop_count"]
+        dm = {"mean": hc["D_cm2_s"], "sem": hc["err_cm2_s"], "n": math.inf}
+        km, ks, kn = kh["D_cm2_s"], kh["err_cm2_s"], math.inf
+        estimator = "hop_count (one MD run)"
     cmp = welch_compare(dm["mean"], dm["sem"], dm["n"], km, ks, kn, level=LEVEL)
     ratio = dm["mean"] / km if (km and math.isfinite(km) and km > 0 and math.isfinite(dm["mean"])) else math.nan
     ratio_err = (abs(ratio) * math.sqrt((dm["sem"] / dm["mean"]) ** 2 + (ks / km) ** 2)
                  if math.isfinite(ratio) and dm["mean"] > 0 and math.isfinite(dm["sem"]) and math.isfinite(ks)
                  else math.nan)
     return {"case": case.id, "temperature_K": T, "species": species, "cell": cell, "fit": fit,
-            "n_hops_md": n_hops, "n_runs_md": dm["n"], "D_md": dm["mean"], "D_md_err": dm["sem"],
+            "n_hops_md": n_hops, "n_runs_md": md["lattice_lag"]["n"], "D_md": dm["mean"], "D_md_err": dm["sem"],
             "D_kmc": km, "D_kmc_err": ks, "n_kmc": kn, "ratio": ratio, "ratio_err": ratio_err, **cmp,
-            "verdict": _verdict(n_hops, min_hops, cmp), "unseen_class_hop_fraction": unseen,
-            "md_estimators": md, **(kmc_extra or {})}
+            "verdict": _verdict(n_hops, min_hops, cmp), "verdict_estimator": estimator,
+            "unseen_class_hop_fraction": unseen, "md_estimators": md, **(kmc_extra or {})}
 
 
 def _correlation_stats(logs, species="X") -> dict:
