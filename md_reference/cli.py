@@ -162,9 +162,24 @@ def _steps(ps: float, dt_fs: float, name: str) -> int:
 
 
 def cmd_md_run(args) -> int:
+    import math  # noqa: PLC0415
+
     from md_reference.md.lammps_driver import MDSettings  # noqa: PLC0415
     from md_reference.md.runner import MDJob, StructureSpec, run_all  # noqa: PLC0415
 
+    for T in args.temperature:
+        if not (math.isfinite(T) and 1.0 <= T <= 5000.0):
+            raise ValueError(f"-T/--temperature must be finite temperatures in [1, 5000] K, got {T}")
+    if len({f"{T:g}" for T in args.temperature}) != len(args.temperature):
+        raise ValueError(f"-T/--temperature has duplicate temperatures {args.temperature}")
+    if args.runs < 1:
+        raise ValueError(f"--runs must be >= 1, got {args.runs}")
+    for name in ("ps", "equil_ps", "dt_fs", "dump_fs", "damping_fs"):
+        v = getattr(args, name)
+        if not math.isfinite(v) or v < 0 or (v == 0 and name != "equil_ps"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite positive number, got {v}")
+    if args.max_wall_s is not None and not args.max_wall_s > 0:
+        raise ValueError(f"--max-wall-s must be > 0, got {args.max_wall_s}")
     lc = args.lattice_constant
     if lc not in ("vegard", "npt"):
         try:

@@ -375,7 +375,8 @@ def test_concurrent_runs_on_one_directory(tmp_path):
 
 
 def test_case_count():
-    n = len(config_cases()) + len(CATALOG_MUTATIONS) + len(DAMAGES) + 3 + len(PATH_CASES) + 2
+    n = (len(config_cases()) + len(CATALOG_MUTATIONS) + len(DAMAGES) + 3 + len(PATH_CASES) + 2
+         + 6 * len(MD_JSON_MUTATIONS) + 3 + len(MD_RUN_BAD))
     assert n >= 300, n
 
 
@@ -519,3 +520,26 @@ def test_read_only_install_falls_back_to_a_temporary_numba_cache(monkeypatch, ca
     finally:
         numba.config.CACHE_DIR = old
         monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+
+
+MD_RUN_BAD = [
+    ["--shape", "0", "4", "4"], ["--structure", "random"], ["--structure", "random", "--x-I", "2"],
+    ["--ps", "-1"], ["--ps", "0.013"], ["-T", "inf"], ["-T", "-5"], ["--dt-fs", "100"], ["--runs", "0"],
+    ["--potential", "reaxff:/nonexistent.ff"], ["--potential", "bogus:x"], ["--potential", "nocolon"],
+    ["--lattice-constant", "abc"], ["--where", "nowhere"], ["--structure", "heterojunction"],
+    ["--structure", "nanodomain", "--domain-species", "I", "--domain-size", "9"],
+]
+
+
+@pytest.mark.parametrize("extra", MD_RUN_BAD, ids=lambda e: "_".join(e).replace("/", ""))
+def test_md_run_bad_arguments(tmp_path, capsys, extra):
+    pytest.importorskip("ase")
+    reaxff = Path(__file__).resolve().parents[2] / "shared" / "potentials" / "reaxff" / "IBrPbCs.ff"
+    args = ["md", "run", "--potential", f"reaxff:{reaxff}", "--shape", "3", "3", "3", "--ps", "0.1",
+            "--out", str(tmp_path / "md")]
+    args = args + extra  # a later flag overrides the earlier one
+    rc = main(args)
+    err = capsys.readouterr().err
+    check_outcome(rc, err)
+    assert rc == 2, (extra, err)
+    assert not (tmp_path / "md").exists() or not any((tmp_path / "md").glob("T*.h5"))

@@ -67,8 +67,8 @@ class MDSettings:
     seed: int = 1
 
     def validate(self) -> "MDSettings":
-        if not self.temperature_K > 0:
-            raise ValueError(f"temperature_K must be > 0, got {self.temperature_K}")
+        if not (math.isfinite(self.temperature_K) and self.temperature_K > 0):
+            raise ValueError(f"temperature_K must be finite and > 0, got {self.temperature_K}")
         if not 0 < self.timestep_fs <= 10:
             raise ValueError(f"timestep_fs must lie in (0, 10], got {self.timestep_fs}")
         for name in ("n_steps", "equilibration_steps", "dump_every"):
