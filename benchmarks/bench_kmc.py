@@ -116,6 +116,7 @@ def run_kernel(state, params, ubuf, max_events: int, t: float = 0.0):
 
     z0 = np.zeros(0, dtype=np.float64)
     zi = np.zeros(0, dtype=np.int64)
+    z8 = np.zeros(0, dtype=np.int8)
     st = state
     return K.run_events(
         st.occ, st.disp, st.dims,
@@ -123,7 +124,7 @@ def run_kernel(state, params, ubuf, max_events: int, t: float = 0.0):
         st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
         params.e_kra, params.prefactor, params.J, params.e_bridge, params.beta,
         st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count,
-        z0, zi, zi, zi, zi,
+        z0, zi, zi, zi, zi, z8,
         t, math.inf, max_events, ubuf, 0, st.counters, st.err,
     )
 
