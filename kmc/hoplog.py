@@ -54,13 +54,6 @@ def initial_atoms(config: Configuration, defects: DefectSet) -> tuple[np.ndarray
     return site_atom, bridge_atoms, np.concatenate(species)
 
 
-def _delta(lattice, a_sites: np.ndarray, b_sites: np.ndarray) -> np.ndarray:
-    """Minimum-image doubled-coordinate vector from sites a to sites b."""
-    two_n = 2 * np.asarray(lattice.dims)
-    d = lattice.coords(b_sites).astype(np.int64) - lattice.coords(a_sites).astype(np.int64)
-    return (d + np.asarray(lattice.dims)) % two_n - np.asarray(lattice.dims)
-
-
 def replay(config: Configuration, defects: DefectSet, log: dict, lattice_constant_A: float,
            duration_s: float) -> tuple[HopLog, list[HopLog]]:
     """Hop logs of the atoms and of each defect from an engine event log.
@@ -94,7 +87,7 @@ def replay(config: Configuration, defects: DefectSet, log: dict, lattice_constan
     site_atom = site_atom.copy()
     bridge_atoms = bridge_atoms.copy()
     kinds = np.asarray(defects.kinds)
-    delta = _delta(lat, a, b) if t.size else np.zeros((0, 3), dtype=np.int64)
+    delta = lat.displacement(a, b) if t.size else np.zeros((0, 3), dtype=np.int64)
     atom = np.empty(t.size, dtype=np.int64)
     sign = np.empty(t.size, dtype=np.int64)
     for n in range(t.size):

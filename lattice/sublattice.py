@@ -223,6 +223,11 @@ class HalideSublattice:
         ny, nz = self.shape[1], self.shape[2]
         return (((c[..., 0] // 2) * ny + c[..., 1] // 2) * nz + c[..., 2] // 2) * 3 + s
 
+    def displacement(self, from_sites, to_sites) -> np.ndarray:
+        """(n, 3) int64: minimum-image vector (doubled coordinates, units of a/2) from each site to the other."""
+        d = self.coords(np.atleast_1d(to_sites)).astype(np.int64) - self.coords(np.atleast_1d(from_sites))
+        return (d + self.dims) % (2 * self.dims) - self.dims
+
     def positions_A(self, lattice_constant_A: float) -> np.ndarray:
         """Cartesian positions in angstrom, (n_sites, 3) float64."""
         return self.coords().astype(np.float64) * (0.5 * float(lattice_constant_A))

@@ -148,23 +148,12 @@ def md_hoplogs(recs: list[dict]) -> tuple[list[HopLog], list[HopLog]]:
         atoms.append(HopLog.from_arrays(lh["time_ps"], lh["atom"], np.asarray(lh["step_A"]).reshape(-1, 3), sp,
                                         r["duration_ps"]))
         ev = [e for e in r["tracking"]["events"] if e["defect"] == 0]
-        st, tt = [], []
-        for e in ev:
-            st.append(_event_defect_step(e, r))
-            tt.append(e["time_ps"])
-        paths.append(HopLog.from_arrays(tt, np.zeros(len(tt), dtype=np.int64), np.asarray(st).reshape(-1, 3),
+        lat = HalideSublattice(tuple(r["configuration"]["shape"]))
+        st = (lat.displacement([e["from_site"] for e in ev], [e["to_site"] for e in ev]) * 0.5 * r["lattice_constant_A"]
+              if ev else np.zeros((0, 3)))
+        paths.append(HopLog.from_arrays([e["time_ps"] for e in ev], np.zeros(len(ev), dtype=np.int64), st,
                                         np.zeros(1, dtype=np.int8), r["duration_ps"]))
     return atoms, paths
-
-
-def _event_defect_step(e: dict, rec: dict) -> list[float]:
-    shape = rec["configuration"]["shape"]
-    lat = HalideSublattice(tuple(shape))
-    a = rec["lattice_constant_A"]
-    two_n = 2 * np.asarray(lat.dims)
-    d = lat.coords(np.array([e["to_site"]]))[0].astype(np.int64) - lat.coords(np.array([e["from_site"]]))[0]
-    d = (d + lat.dims) % two_n - lat.dims
-    return (d * 0.5 * a).tolist()
 
 
 def unseen_fraction(reps: list[dict], obs) -> float:

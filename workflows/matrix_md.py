@@ -103,19 +103,13 @@ def lane_status(spec: MatrixSpec, records: list[dict], case: Case) -> dict:
 # --------------------------------------------------------------------------
 def _lattice_hops(events: list[dict], lattice, a_A: float) -> dict:
     """Site-to-site displacement (A) of the moving atom of every hop with a known mover."""
-    t, atom, step = [], [], []
-    two_n = 2 * np.asarray(lattice.dims)
-    for e in events:
-        if e["mover_atom"] < 0:
-            continue
-        c_from = lattice.coords(np.array([e["from_site"]]))[0].astype(np.int64)
-        c_to = lattice.coords(np.array([e["to_site"]]))[0].astype(np.int64)
-        d = c_to - c_from if e["kind"] == 1 else c_from - c_to  # vacancy: the atom moves to -> from
-        d = (d + lattice.dims) % two_n - lattice.dims
-        t.append(e["time_ps"])
-        atom.append(e["mover_atom"])
-        step.append((d * 0.5 * a_A).tolist())
-    return {"time_ps": t, "atom": atom, "step_A": step}
+    ev = [e for e in events if e["mover_atom"] >= 0]
+    if not ev:
+        return {"time_ps": [], "atom": [], "step_A": []}
+    d = lattice.displacement([e["from_site"] for e in ev], [e["to_site"] for e in ev])
+    sign = np.array([1 if e["kind"] == 1 else -1 for e in ev])  # vacancy: the atom moves to -> from
+    return {"time_ps": [e["time_ps"] for e in ev], "atom": [e["mover_atom"] for e in ev],
+            "step_A": (d * sign[:, None] * 0.5 * a_A).tolist()}
 
 
 def compact_record(traj_path, case: Case, physics_hash: str, kinisi: bool = True) -> dict:

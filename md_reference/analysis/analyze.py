@@ -14,7 +14,6 @@ Poisson errors). Over temperatures: Arrhenius fits (Eq. 2) per species.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import defaultdict
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.provenance import file_sha256
 from lattice.environment import N_CLASSES, class_label, decode_class
 from lattice.species import BR, I
 from md_reference.analysis.observables import (
@@ -35,8 +35,8 @@ from md_reference.analysis.observables import (
     msd_eq1,
     to_jsonable,
 )
-from md_reference.md.trajectory import Trajectory, read_trajectory
 from md_reference.analysis.tracker import track_defects
+from md_reference.md.trajectory import Trajectory, read_trajectory
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +62,16 @@ def expand_paths(items) -> list[Path]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def defect_path_A(sites: np.ndarray, lattice, lattice_constant_A: float) -> np.ndarray:
     """(n_frames, 3) unwrapped path (A) of a defect from its site per frame.
 
     Each step between consecutive frames is taken as the minimum image of the
     site displacement (a defect moves at most a few sites between frames).
     """
-    c = lattice.coords(np.asarray(sites, dtype=np.int64)).astype(np.int64)
-    two_n = 2 * lattice.dims
-    step = np.diff(c, axis=0)
-    step = (step + lattice.dims) % two_n - lattice.dims
-    path = np.concatenate([c[:1], c[:1] + np.cumsum(step, axis=0)])
+    s = np.asarray(sites, dtype=np.int64)
+    c = lattice.coords(s[:1]).astype(np.int64)
+    step = lattice.displacement(s[:-1], s[1:]) if s.size > 1 else np.zeros((0, 3), dtype=np.int64)
+    path = np.concatenate([c, c + np.cumsum(step, axis=0)])
     return path * (0.5 * lattice_constant_A)
 
 
@@ -184,7 +175,7 @@ def analyze_files(files, tracker_kwargs: dict | None = None, plots_dir: Path | N
             log.warning("%s is incomplete (%d frames); analysing what is there", f, traj.n_frames)
         log.info("analysing %s (%d frames)", f, traj.n_frames)
         records.append(analyze_trajectory(traj, tracker_kwargs))
-        inputs.append({"file": str(f), "sha256": _sha256(f)})
+        inputs.append({"file": str(f), "sha256": file_sha256(f)})
     per_T = _per_temperature(records)
     arr = {}
     if len(per_T) >= 2:

@@ -21,13 +21,14 @@ Potentials are built from a spec with :func:`load_potential`:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from common.provenance import file_sha256  # noqa: F401 - re-exported (used across md_reference)
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ MASSES_AMU = {"Cs": 132.90545196, "Pb": 207.2, "I": 126.90447, "Br": 79.904}
 
 class PotentialError(ValueError):
     """A potential cannot be built from what was given."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Potential(ABC):
