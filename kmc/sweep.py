@@ -232,20 +232,31 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
             "directory": str(out)}
 
 
-def _profile_barrier(entry: dict, cfg: RunConfig) -> float:
-    """max - min of the defect free-energy profile per site over planes (eV), from the KMC residence times."""
-    from lattice import HalideSublattice  # noqa: PLC0415
+def _plane_free_energy(entry: dict, cfg: RunConfig) -> np.ndarray | None:
+    """Defect free energy per site of each plane (eV, NaN where never visited) from the KMC residence times."""
     from common.units import K_B_EV  # noqa: PLC0415
+    from lattice import HalideSublattice  # noqa: PLC0415
 
     occ = np.sum([np.asarray(v, dtype=float) for v in entry["occupancy_time_per_plane_s"].values()], axis=0)
-    axis = {"x": 0, "y": 1, "z": 2}[cfg.configuration.axis] if cfg.configuration.kind == "heterojunction" else 0
+    kind = cfg.configuration.kind
+    axis = {"x": 0, "y": 1, "z": 2}[cfg.configuration.axis] if kind in ("heterojunction", "nanodomain") else 0
     spp = HalideSublattice(cfg.lattice.shape).sites_per_plane(axis)
+    if occ.size != spp.size:
+        return None
     p = occ / spp
-    if occ.size != spp.size or not np.any(p > 0):
+    if not np.any(p > 0):
+        return None
+    with np.errstate(divide="ignore"):
+        return np.where(p > 0, -K_B_EV * entry["temperature_K"] * np.log(p / p.max()), np.nan)
+
+
+def _profile_barrier(entry: dict, cfg: RunConfig) -> float:
+    """max - min of the defect free-energy profile over planes (eV); inf if a plane was never visited."""
+    F = _plane_free_energy(entry, cfg)
+    if F is None:
         return math.nan
-    if np.any(p == 0):
+    if np.any(np.isnan(F)):
         return math.inf
-    F = -K_B_EV * entry["temperature_K"] * np.log(p / p.max())
     return float(F.max() - F.min())
 
 
@@ -327,25 +338,16 @@ def plot_profiles_and_mixing(sw: dict, summaries: dict, out: Path) -> list[Path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from common.units import K_B_EV  # noqa: PLC0415
-    from lattice import HalideSublattice  # noqa: PLC0415
 
     made = []
     het = [t for t in sw["tasks"] if t["config"].configuration.kind == "heterojunction"]
     if het:
         fig, ax = plt.subplots(figsize=(6, 4))
         for t in het:
-            cfg = t["config"]
-            axis = {"x": 0, "y": 1, "z": 2}[cfg.configuration.axis]
-            spp = HalideSublattice(cfg.lattice.shape).sites_per_plane(axis)
             for e in summaries[t["hash"]]["per_temperature"]:
-                occ = np.sum([np.asarray(v, dtype=float) for v in e["occupancy_time_per_plane_s"].values()], axis=0)
-                p = occ / spp
-                if not np.any(p > 0):
-                    continue
-                with np.errstate(divide="ignore"):
-                    F = np.where(p > 0, -K_B_EV * e["temperature_K"] * np.log(p / p.max()), np.nan)
-                ax.plot(np.arange(F.size) / 2.0, F, marker=".", lw=1, label=f"{_label(t['point'])}")
+                F = _plane_free_energy(e, t["config"])
+                if F is not None:
+                    ax.plot(np.arange(F.size) / 2.0, F, marker=".", lw=1, label=f"{_label(t['point'])}")
         ax.set_xlabel("plane position (unit cells)")
         ax.set_ylabel("defect free energy F (eV)")
         ax.legend(fontsize=6)
