@@ -121,9 +121,9 @@ def run_kernel(state, params, ubuf, max_events: int, t: float = 0.0):
     return K.run_events(
         st.occ, st.disp, st.dims,
         st.def_kind, st.def_site, st.def_xyz, st.def_s, st.def_sp, st.def_adisp, st.def_disp, st.def_tenter,
-        st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
-        params.e_kra, params.prefactor, params.J, params.e_bridge, params.beta,
-        st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count,
+        st.def_or, st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
+        params.e_kra, params.prefactor, params.J, params.e_bridge, params.rot_rate, params.beta,
+        st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count, st.rot_count,
         z0, zi, zi, zi, zi, z8,
         t, math.inf, max_events, ubuf, 0, st.counters, st.err,
     )

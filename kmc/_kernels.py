@@ -11,8 +11,11 @@ Algorithm (one event)
    ``t + dt > t_stop`` the event is not executed: ``t = t_stop`` and the
    kernel returns (exact by the memorylessness of the exponential clock).
 3. ``u2 * R`` selects the defect by descending the sum tree (O(log n_def)),
-   then its hop by a linear scan over at most 16 channels.
-4. The hop is applied and the rates of the moved defect and of every defect
+   then its event by a linear scan over at most 20 channels: 8 vacancy hops,
+   or 16 interstitial kick-outs (8 destinations x 2 bridge atoms) plus, for an
+   oriented bridge (:mod:`lattice.orientation`), 3 rotations in place
+   (channels 16-18; only the 4 kick-outs aligned with the orientation are open).
+4. The hop (or rotation: only the orientation changes) is applied and the rates of the moved defect and of every defect
    within two hops of the two changed sites are recomputed; only their tree
    paths are updated.
 
@@ -62,6 +65,7 @@ from lattice.sublattice import (
     REGION_COUNTS,
     REGION_OFFSETS,
 )
+from lattice.orientation import ALIGNED, LANDING, ROTATED, ROTATION_CLASS_BASE
 from rates.ratelaw import delta_energy_kickout, delta_energy_vacancy, hop_rate
 
 # status codes returned by run_events
@@ -72,7 +76,10 @@ STOP_FROZEN = 3
 STOP_MISSING_RATE = 4
 STOP_LOG_FULL = 5
 
-N_CHANNELS = 16
+N_KICK_CHANNELS = 16
+"""Hop channels ``slot * 8 + k`` (vacancies: slot 0 only)."""
+N_CHANNELS = 20
+"""Plus the in-place rotation channels 16, 17 (90 degrees) and 18 (flip) of an oriented bridge; 19 unused."""
 
 # counters layout (int64 array)
 C_EVENTS = 0  # events executed since the start of the run
@@ -82,6 +89,10 @@ _OFF = np.ascontiguousarray(NEIGHBOUR_OFFSETS)
 _TYP = np.ascontiguousarray(NEIGHBOUR_TYPES)
 _ROFF = np.ascontiguousarray(REGION_OFFSETS)
 _RCNT = np.ascontiguousarray(REGION_COUNTS)
+_ALN = np.ascontiguousarray(ALIGNED)
+_LAND = np.ascontiguousarray(LANDING.astype(np.int64))
+_ROTN = np.ascontiguousarray(ROTATED.astype(np.int64))
+_ROT_BASE = ROTATION_CLASS_BASE
 
 
 # --------------------------------------------------------------------------
@@ -340,9 +351,40 @@ def _gather_patch(pb, occ, dims, x, y, z, s, pdelta, cs):
 
 
 @njit(cache=True, inline="always")
-def _rates_core(d, x, y, z, s, kind, s0, s1, occ, dims, rates, classes, e_kra, prefactor, J, e_bridge,
-                beta, err, pb, cs, pdelta, use_cache, ckey, cval):
-    """The 16 channel rates of the defect ``d`` at (x, y, z), type ``s``; return their sum.
+def _rotation_rates(d, kind, s0, s1, ori, rates, classes, rot_rate, err):
+    """Fill the rotation channels 16-19 of defect ``d``; return their sum (NaN on a missing rotation class)."""
+    for c in range(N_KICK_CHANNELS, N_CHANNELS):
+        rates[d, c] = 0.0
+        classes[d, c] = -1
+    if kind == KIND_VACANCY or ori < 0:
+        return 0.0
+    nb = s0 + s1
+    r90 = rot_rate[nb]
+    rf = rot_rate[3 + nb]
+    if r90 != r90:
+        err[0] = _ROT_BASE + nb
+        return math.nan
+    if rf != rf:
+        err[0] = _ROT_BASE + 3 + nb
+        return math.nan
+    rates[d, 16] = r90
+    rates[d, 17] = r90
+    rates[d, 18] = rf
+    classes[d, 16] = _ROT_BASE + nb
+    classes[d, 17] = _ROT_BASE + nb
+    classes[d, 18] = _ROT_BASE + 3 + nb
+    return (r90 + r90) + rf
+
+
+@njit(cache=True, inline="always")
+def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_kra, prefactor, J, e_bridge,
+                rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
+    """The 20 channel rates of the defect ``d`` at (x, y, z), type ``s``; return their sum.
+
+    ``ori`` is the bridge orientation (:mod:`lattice.orientation`), -1 for a
+    vacancy or the orientation-free model. For an oriented bridge only the 4
+    aligned kick-outs are open and channels 16-18 hold its rotations, whose
+    rates ``rot_rate[kind * 3 + n_Br]`` (Hz) do not depend on the environment.
 
     Same results, bit for bit, as :func:`_defect_rates_reference` (the direct
     use of :func:`lattice.environment.hop_counts`): the same counts over the
@@ -403,6 +445,8 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, occ, dims, rates, classes, e_kra, p
             classes[d, k] = cls
             total += r
             continue
+        r_prev = 0.0
+        cls_prev = -1
         for slot in range(2):
             if slot == 0:
                 mover = s0
@@ -411,8 +455,8 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, occ, dims, rates, classes, e_kra, p
                 mover = s1
                 rem = s0
             if slot == 1 and s1 == s0:
-                r = rates[d, k]
-                cls = classes[d, k]
+                r = r_prev
+                cls = cls_prev
             else:
                 pair = (1 - rem) + (1 - st)  # number of I (code 0) among remaining and target
                 cls = interstitial_class(mover, pair, shell)
@@ -434,29 +478,37 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, occ, dims, rates, classes, e_kra, p
                     if use_cache:
                         ckey[h] = key
                         cval[h] = r
+                r_prev = r
+                cls_prev = cls
+            if ori >= 0 and _ALN[s, ori, slot, k] == 0:
+                rates[d, slot * 8 + k] = 0.0
+                classes[d, slot * 8 + k] = -1
+                continue
             rates[d, slot * 8 + k] = r
             classes[d, slot * 8 + k] = cls
             total += r
-    return total
+    return total + _rotation_rates(d, kind, s0, s1, ori, rates, classes, rot_rate, err)
 
 
 @njit(cache=True)
-def _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, e_kra, prefactor,
-                          J, e_bridge, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
+def _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra, prefactor,
+                          J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
     """:func:`defect_rates` with caller-provided scratch (``pb``, ``cs``) and patch deltas."""
     return _rates_core(d, def_xyz[d, 0], def_xyz[d, 1], def_xyz[d, 2], def_s[d], def_kind[d],
-                       int(def_sp[d, 0]), int(def_sp[d, 1]), occ, dims, rates, classes, e_kra, prefactor,
-                       J, e_bridge, beta, err, pb, cs, pdelta, use_cache, ckey, cval)
+                       int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ, dims, rates, classes, e_kra,
+                       prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval)
 
 
 @njit(cache=True)
-def defect_rates(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, e_kra, prefactor,
-                 J, e_bridge, beta, cA, cB, err):
-    """Recompute the 16 channel rates of defect ``d``; return their sum.
+def defect_rates(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra, prefactor,
+                 J, e_bridge, rot_rate, beta, cA, cB, err):
+    """Recompute the 20 channel rates of defect ``d``; return their sum.
 
     Channels: ``slot * 8 + k`` with ``k`` the neighbour slot of the destination
-    and ``slot`` the bridge atom that moves (always 0 for a vacancy). Blocked
-    channels (destination holds a defect) get rate 0 and class -1.
+    and ``slot`` the bridge atom that moves (always 0 for a vacancy); 16-18 the
+    rotations of an oriented bridge (:mod:`lattice.orientation`). Blocked or
+    closed channels (destination holds a defect, a kick-out not aligned with
+    the orientation) get rate 0 and class -1.
 
     Returns NaN and writes the class id into ``err[0]`` when the catalog lacks
     a class that occurs. ``cA`` and ``cB`` ((4,) int64) are unused scratch kept
@@ -467,13 +519,14 @@ def defect_rates(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes,
     cs = np.zeros(_CS_LEN, dtype=np.int64)
     ckey = np.zeros(1, dtype=np.int64)
     cval = np.zeros(1, dtype=np.float64)
-    return _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, e_kra,
-                                 prefactor, J, e_bridge, beta, err, pb, cs, _patch_deltas(dims), False, ckey, cval)
+    return _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra,
+                                 prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, _patch_deltas(dims), False,
+                                 ckey, cval)
 
 
 @njit(cache=True)
-def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, e_kra, prefactor,
-                            J, e_bridge, beta, cA, cB, err):
+def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra,
+                            prefactor, J, e_bridge, rot_rate, beta, cA, cB, err):
     """Direct implementation with :func:`lattice.environment.hop_counts` (for cross-checks)."""
     x = def_xyz[d, 0]
     y = def_xyz[d, 1]
@@ -498,9 +551,12 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rate
             rates[d, k] = r
             classes[d, k] = cls
             total += r
-        return total
+        return total + _rotation_rates(d, def_kind[d], 0, 0, -1, rates, classes, rot_rate, err)
     s0 = def_sp[d, 0]
     s1 = def_sp[d, 1]
+    ori = int(def_or[d])
+    r_prev = 0.0
+    cls_prev = -1
     for k in range(8):
         st = occ[neighbour_site(x, y, z, s, k, dims)]
         if st > BR:
@@ -514,8 +570,8 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rate
             mover = s0 if slot == 0 else s1
             rem = s1 if slot == 0 else s0
             if slot == 1 and s1 == s0:
-                r = rates[d, k]
-                cls = classes[d, k]
+                r = r_prev
+                cls = cls_prev
             else:
                 pair = (1 if rem == I else 0) + (1 if st == I else 0)
                 cls = interstitial_class(mover, pair, shell)
@@ -523,10 +579,16 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rate
                 if r != r:
                     err[0] = cls
                     return math.nan
+                r_prev = r
+                cls_prev = cls
+            if ori >= 0 and _ALN[s, ori, slot, k] == 0:
+                rates[d, slot * 8 + k] = 0.0
+                classes[d, slot * 8 + k] = -1
+                continue
             rates[d, slot * 8 + k] = r
             classes[d, slot * 8 + k] = cls
             total += r
-    return total
+    return total + _rotation_rates(d, def_kind[d], int(s0), int(s1), ori, rates, classes, rot_rate, err)
 
 
 @njit(cache=True)
@@ -560,8 +622,8 @@ def _in_box(x, y, z, box):
 
 
 @njit(cache=True)
-def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, tree, n_leaves,
-               e_kra, prefactor, J, e_bridge, beta, err):
+def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, tree, n_leaves,
+               e_kra, prefactor, J, e_bridge, rot_rate, beta, err):
     """Fill every defect's rates and the sum tree from scratch. Returns False on a missing class."""
     pb = np.zeros(_PATCH_SIZE, dtype=np.int64)
     cs = np.zeros(_CS_LEN, dtype=np.int64)
@@ -570,8 +632,9 @@ def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, tree
     cval = np.zeros(1, dtype=np.float64)
     tree[:] = 0.0
     for d in range(def_kind.shape[0]):
-        tot = _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes,
-                                    e_kra, prefactor, J, e_bridge, beta, err, pb, cs, pdelta, False, ckey, cval)
+        tot = _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes,
+                                    e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, False,
+                                    ckey, cval)
         if tot != tot:
             return False
         tree[n_leaves + d] = tot
@@ -583,10 +646,10 @@ def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, rates, classes, tree
 @njit(cache=True, _nrt=False)
 def _run_events_impl(
     occ, disp, dims,
-    def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter,
+    def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
     rates, classes, tree, n_leaves, stamp,
-    e_kra, prefactor, J, e_bridge, beta,
-    axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
+    e_kra, prefactor, J, e_bridge, rot_rate, beta,
+    axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
     log_time, log_def, log_from, log_to, log_cls, log_slot,
     t, t_stop, max_events, ubuf, upos, counters, err,
     pb, cs, rcs, pdelta, rdelta, upd, ckey, cval,
@@ -631,6 +694,21 @@ def _run_events_impl(
                 rem -= r
         if j < 0:
             j = last
+        if j >= N_KICK_CHANNELS:
+            # rotation in place: only this defect's channels change
+            cls = classes[d, j]
+            def_or[d] = _ROTN[def_s[d], def_or[d], j - N_KICK_CHANNELS]
+            rot_count[cls - _ROT_BASE] += 1
+            done += 1
+            counters[C_EVENTS] += 1
+            stamp[d] = counters[C_EVENTS]
+            tot = _rates_core(d, def_xyz[d, 0], def_xyz[d, 1], def_xyz[d, 2], def_s[d], def_kind[d],
+                              int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ, dims, rates, classes,
+                              e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, True, ckey, cval)
+            if tot != tot:
+                return STOP_MISSING_RATE, t, upos
+            tree_set(tree, n_leaves, d, tot)
+            continue
         k = j & 7
         slot = j >> 3
         cls = classes[d, j]
@@ -711,6 +789,8 @@ def _run_events_impl(
             def_adisp[d, 1, 2] = disp[site_b, 2]
             def_sp[d, 0] = mover
             def_sp[d, 1] = target_sp
+            if def_or[d] >= 0:
+                def_or[d] = _LAND[s, k]
             occ[site_b] = BRIDGE
             disp[site_b, 0] = d
             disp[site_b, 1] = 0
@@ -754,8 +834,9 @@ def _run_events_impl(
         # a tiny periodic lattice an _AX site may coincide with B: a harmless false alarm.)
         stamp_now = counters[C_EVENTS]
         stamp[d] = stamp_now
-        tot = _rates_core(d, xb, yb, zb, sb, def_kind[d], int(def_sp[d, 0]), int(def_sp[d, 1]), occ, dims,
-                          rates, classes, e_kra, prefactor, J, e_bridge, beta, err, pb, cs, pdelta, True, ckey, cval)
+        tot = _rates_core(d, xb, yb, zb, sb, def_kind[d], int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ,
+                          dims, rates, classes, e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta,
+                          True, ckey, cval)
         if tot != tot:
             return STOP_MISSING_RATE, t, upos
         tree_set(tree, n_leaves, d, tot)
@@ -781,8 +862,9 @@ def _run_events_impl(
                         continue
                     stamp[e] = stamp_now
                     tot = _rates_core(e, def_xyz[e, 0], def_xyz[e, 1], def_xyz[e, 2], def_s[e], def_kind[e],
-                                      int(def_sp[e, 0]), int(def_sp[e, 1]), occ, dims, rates, classes,
-                                      e_kra, prefactor, J, e_bridge, beta, err, pb, cs, pdelta, True, ckey, cval)
+                                      int(def_sp[e, 0]), int(def_sp[e, 1]), int(def_or[e]), occ, dims, rates,
+                                      classes, e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta,
+                                      True, ckey, cval)
                     if tot != tot:
                         return STOP_MISSING_RATE, t, upos
                     tree_set(tree, n_leaves, e, tot)
@@ -817,12 +899,12 @@ def run_events(
     # lattice state
     occ, disp, dims,
     # defects
-    def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter,
+    def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
     rates, classes, tree, n_leaves, stamp,
     # catalog
-    e_kra, prefactor, J, e_bridge, beta,
+    e_kra, prefactor, J, e_bridge, rot_rate, beta,
     # observables
-    axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
+    axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
     # event log
     log_time, log_def, log_from, log_to, log_cls, log_slot,
     # control
@@ -849,10 +931,10 @@ def run_events(
     cval = np.zeros(_CACHE_SIZE, dtype=np.float64)
     return _run_events_impl(
         occ, disp, dims,
-        def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter,
+        def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
         rates, classes, tree, n_leaves, stamp,
-        e_kra, prefactor, J, e_bridge, beta,
-        axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count,
+        e_kra, prefactor, J, e_bridge, rot_rate, beta,
+        axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
         log_time, log_def, log_from, log_to, log_cls, log_slot,
         t, t_stop, max_events, ubuf, upos, counters, err,
         pb, cs, rcs, pdelta, rdelta, upd, ckey, cval,

@@ -18,7 +18,9 @@ exposure ``tau_c = sum over intervals of dt x (number of open channels of class
 c)``, all defects together. ``n_c / tau_c`` is then the exact
 maximum-likelihood rate. An interstitial has 16 channels (8 destinations x 2
 bridge atoms; for a II or BrBr bridge both atoms count, as in the MD tracker),
-a vacancy 8; blocked channels (rate 0) do not count.
+a vacancy 8; blocked channels (rate 0) do not count. An oriented bridge has 4
+open kick-outs and 3 rotation channels (2 by 90 degrees, 1 flip), whose
+counts and exposures are kept per rotation class.
 
 The trajectory is run one event at a time (``Simulation.advance`` with
 ``max_events=1``, about 20 us per event): fine for 1e4-1e5 events on small
@@ -34,6 +36,7 @@ import numpy as np
 
 from kmc.simulation import Simulation
 from lattice.environment import N_CLASSES
+from lattice.orientation import N_EVENT_CLASSES
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ClassExposure:
     time_s : float
         Simulated time covered, s.
     n_events : int
+        Hops and rotations.
+    rotation_counts, rotation_exposure_s : (6,)
+        The same for the rotation classes of oriented bridges (zero for the orientation-free model).
     """
 
     temperature_K: float
@@ -57,12 +63,23 @@ class ClassExposure:
     exposure_s: np.ndarray
     time_s: float
     n_events: int
+    rotation_counts: np.ndarray
+    rotation_exposure_s: np.ndarray
+
+    def __add__(self, other: "ClassExposure") -> "ClassExposure":
+        """Exposure of two consecutive segments at the same temperature."""
+        if other.temperature_K != self.temperature_K:
+            raise ValueError(f"cannot add exposures at {self.temperature_K} K and {other.temperature_K} K")
+        return ClassExposure(self.temperature_K, self.hop_counts + other.hop_counts,
+                             self.exposure_s + other.exposure_s, self.time_s + other.time_s,
+                             self.n_events + other.n_events, self.rotation_counts + other.rotation_counts,
+                             self.rotation_exposure_s + other.rotation_exposure_s)
 
 
 def open_channels_per_class(sim: Simulation) -> np.ndarray:
-    """(104,) int64: number of channels of each class with a rate > 0, all defects."""
+    """(110,) int64: number of channels of each hop class (0..103) and rotation class (104..109) with a rate > 0."""
     st = sim.state
-    return np.bincount(st.classes[st.rates > 0.0], minlength=N_CLASSES).astype(np.int64)
+    return np.bincount(st.classes[st.rates > 0.0], minlength=N_EVENT_CLASSES).astype(np.int64)
 
 
 def run_with_exposure(sim: Simulation, max_events: int, t_stop_s: float = math.inf) -> ClassExposure:
@@ -94,8 +111,9 @@ def run_with_exposure(sim: Simulation, max_events: int, t_stop_s: float = math.i
     if max_events < 0:
         raise ValueError(f"max_events must be >= 0, got {max_events}")
     counts0 = sim.state.hop_count.copy()
+    rot0 = sim.state.rot_count.copy()
     t_start = sim.time_s
-    exposure = np.zeros(N_CLASSES)
+    exposure = np.zeros(N_EVENT_CLASSES)
     done = 0
     while done < max_events:
         per_class = open_channels_per_class(sim)
@@ -109,10 +127,12 @@ def run_with_exposure(sim: Simulation, max_events: int, t_stop_s: float = math.i
             raise RuntimeError(f"advance(max_events=1) ran {sim.n_events - ev0} events")
         done += 1
     counts = sim.state.hop_count - counts0
-    if int(counts.sum()) != done:
-        raise RuntimeError(f"engine hop_count grew by {int(counts.sum())}, but {done} events were run")
-    return ClassExposure(temperature_K=sim.temperature_K, hop_counts=counts, exposure_s=exposure,
-                         time_s=sim.time_s - t_start, n_events=done)
+    rot = sim.state.rot_count - rot0
+    if int(counts.sum() + rot.sum()) != done:
+        raise RuntimeError(f"engine counters grew by {int(counts.sum() + rot.sum())}, but {done} events were run")
+    return ClassExposure(temperature_K=sim.temperature_K, hop_counts=counts, exposure_s=exposure[:N_CLASSES],
+                         time_s=sim.time_s - t_start, n_events=done, rotation_counts=rot,
+                         rotation_exposure_s=exposure[N_CLASSES:])
 
 
 __all__ = ["ClassExposure", "open_channels_per_class", "run_with_exposure"]

@@ -38,6 +38,15 @@ Hops
   new bridge on B with slot 0 = mover, slot 1 = target.
 
 The defect's own displacement adds ``+offset`` in both cases.
+
+Oriented bridges (:mod:`lattice.orientation`), written here with vectors
+rather than the kernel's tables: a bridge keeps its orientation axis ``w`` and
+the side (+1/-1 along ``w``) of its slot-0 atom. A kick-out is open only when
+the moving atom's side equals the hop's component along ``w``; afterwards the
+axis is the type of the site left and the mover (new slot 0) sits on the side
+of that site. Channels 16 and 17 turn the bridge to the other perpendicular
+axis with the slot-0 atom on the + or - side, 18 swaps the sides; their rates
+are the catalog's rotation rates. Rotations are not written to the event log.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import numpy as np
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from lattice.environment import classify_hop
+from lattice.orientation import initial_orientation, rotation_class
 from lattice.species import BR, BRIDGE, I, KIND_INTERSTITIAL, KIND_VACANCY, VACANCY
 from lattice.sublattice import NEIGHBOUR_OFFSETS
 from rates.catalog import MissingRateError, RateCatalog
@@ -60,7 +70,8 @@ STOP_EVENTS = 1
 STOP_BUFFER = 2
 STOP_FROZEN = 3
 
-N_CHANNELS = 16
+N_CHANNELS = 20
+N_KICK_CHANNELS = 16
 
 
 class ReferenceKMC:
@@ -114,6 +125,8 @@ class ReferenceKMC:
         self.J = np.array(catalog.pair_eV, dtype=np.float64)
         self.e_bridge = np.array(catalog.bridge_eV, dtype=np.float64)
         self.beta = 1.0 / (K_B_EV * float(temperature_K))
+        self.oriented = bool(catalog.oriented)
+        self.rot_rates = np.asarray(catalog.rotation_rates_Hz(temperature_K), dtype=np.float64)
 
         n_sites = self.lattice.n_sites
         base = np.asarray(config.occ, dtype=np.int64)
@@ -154,6 +167,15 @@ class ReferenceKMC:
         self.atom_site = np.array(atom_site, dtype=np.int64)
         self.atom_disp = np.zeros((self.atom_species.size, 3), dtype=np.int64)
         self.def_disp = np.zeros((n_def, 3), dtype=np.int64)
+        self.def_axis = np.full(n_def, -1, dtype=np.int64)
+        self.def_side0 = np.zeros(n_def, dtype=np.int64)
+        if self.oriented:
+            for d in range(n_def):
+                if kinds[d] == KIND_INTERSTITIAL:
+                    o = initial_orientation(int(sites[d]), d)
+                    self.def_axis[d] = o // 2
+                    self.def_side0[d] = 1 if o % 2 else -1
+        self.rot_count = np.zeros(6, dtype=np.int64)
         self.time_s = 0.0
         self.n_events = 0
         self._log: list[tuple[float, int, int, int, int]] = []
@@ -289,9 +311,27 @@ class ReferenceKMC:
             occ[site_b] = BRIDGE
         return occ, atoms
 
+    def orientation(self, d: int) -> int:
+        """Orientation code ``2 w + (side of slot 0 > 0)`` of bridge ``d``, -1 when it has none."""
+        if self.def_axis[d] < 0:
+            return -1
+        return int(2 * self.def_axis[d] + (1 if self.def_side0[d] > 0 else 0))
+
+    def _aligned(self, d: int, slot: int, offset: np.ndarray) -> bool:
+        """Whether bridge atom ``slot`` of oriented defect ``d`` kicks out along its own side for this offset."""
+        w = int(self.def_axis[d])
+        side = int(self.def_side0[d]) if slot == 0 else -int(self.def_side0[d])
+        return int(offset[w]) == side
+
     def channel_class(self, d: int, c: int) -> int:
-        """Hop class of channel ``c`` of defect ``d``, or -1 when blocked or not a channel."""
-        slot, k, site_a, site_b, _ = self._hop_geometry(d, c)
+        """Class of channel ``c`` of defect ``d`` (rotations: their rotation class), or -1 when closed."""
+        if c >= N_KICK_CHANNELS:
+            if self.def_kind[d] != KIND_INTERSTITIAL or self.def_axis[d] < 0 or c > 18:
+                return -1
+            return rotation_class(0 if c < 18 else 1, int(self.bridge_species()[d].sum()))
+        slot, k, site_a, site_b, offset = self._hop_geometry(d, c)
+        if self.def_kind[d] == KIND_INTERSTITIAL and self.def_axis[d] >= 0 and not self._aligned(d, slot, offset):
+            return -1
         dest = int(self.occ[site_b])
         if dest not in (I, BR):
             return -1
@@ -335,8 +375,28 @@ class ReferenceKMC:
                 if cls < 0:
                     continue
                 classes[d, c] = cls
+                if c >= N_KICK_CHANNELS:
+                    r = self.rot_rates[cls - rotation_class(0, 0)]
+                    if math.isnan(r):
+                        raise MissingRateError([cls], self.catalog_name)
+                    rates[d, c] = r
+                    continue
                 rates[d, c] = self.rate_of(cls, self.channel_delta_energy(d, c, e0))
         return rates, classes
+
+    def apply_rotation(self, d: int, c: int) -> None:
+        """Execute rotation channel ``c`` (16, 17: 90 degrees to the + / - side, 18: flip) of bridge ``d``."""
+        if self.def_kind[d] != KIND_INTERSTITIAL or self.def_axis[d] < 0:
+            raise ValueError(f"defect {d} has no orientation to rotate")
+        s = int(self.def_site[d]) % 3
+        w = int(self.def_axis[d])
+        if c == 18:
+            self.def_side0[d] = -self.def_side0[d]
+        elif c in (16, 17):
+            self.def_axis[d] = 3 - s - w
+            self.def_side0[d] = 1 if c == 16 else -1
+        else:
+            raise ValueError(f"channel {c} is not a rotation")
 
     def apply_hop(self, d: int, c: int) -> tuple[int, int]:
         """Execute channel ``c`` of defect ``d``; return (from_site, to_site)."""
@@ -364,6 +424,10 @@ class ReferenceKMC:
             self.site_atom[site_b] = -1
             self.occ[site_b] = BRIDGE
             self.def_atoms[d] = (mover, target)
+            if self.def_axis[d] >= 0:
+                axis_a = site_a % 3  # the new pair lies along the hop's component on A's axis
+                self.def_axis[d] = axis_a
+                self.def_side0[d] = -int(offset[axis_a])  # the mover on the side of A
         self.def_site[d] = site_b
         self.def_disp[d] += offset
         return site_a, site_b
@@ -407,6 +471,12 @@ class ReferenceKMC:
                 j = int(np.flatnonzero(flat > 0.0)[-1])
             d, c = divmod(j, N_CHANNELS)
             cls = int(classes[d, c])
+            if c >= N_KICK_CHANNELS:
+                self.apply_rotation(d, c)
+                self.rot_count[cls - rotation_class(0, 0)] += 1
+                self.n_events += 1
+                done += 1
+                continue
             self._residence.append((self.defect_type_code(d), int(self.def_site[d]),
                                     self.time_s - self._t_enter[d]))
             self._t_enter[d] = self.time_s

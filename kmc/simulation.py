@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from kmc import _kernels as K
-from kmc.state import SAVED_ARRAYS, EngineState, RateParams, fill_rates, make_state
+from kmc.state import OPTIONAL_SAVED, SAVED_ARRAYS, EngineState, RateParams, fill_rates, make_state
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from rates.catalog import MissingRateError, RateCatalog
@@ -49,7 +49,8 @@ class Simulation:
     Notes
     -----
     Residence-time algorithm: ``dt = -ln(1 - u) / R_total``; selection of a
-    defect through a sum tree, then of one of its <= 16 hop channels.
+    defect through a sum tree, then of one of its <= 20 channels (16 hops, 3
+    rotations of an oriented bridge).
     """
 
     def __init__(self, config: Configuration, defects: DefectSet, catalog: RateCatalog,
@@ -105,6 +106,11 @@ class Simulation:
     def n_events(self) -> int:
         return int(self.state.counters[K.C_EVENTS])
 
+    @property
+    def n_rotations(self) -> int:
+        """Rotation events executed (0 for the orientation-free model); hops are ``n_events - n_rotations``."""
+        return int(self.state.rot_count.sum())
+
     def advance(self, t_stop: float, max_events: int | None = None) -> str:
         """Run events until ``t_stop`` (s) or until ``max_events`` more events.
 
@@ -129,9 +135,10 @@ class Simulation:
             status, t, upos = K.run_events(
                 st.occ, st.disp, st.dims,
                 st.def_kind, st.def_site, st.def_xyz, st.def_s, st.def_sp, st.def_adisp, st.def_disp,
-                st.def_tenter, st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
-                p.e_kra, p.prefactor, p.J, p.e_bridge, p.beta,
+                st.def_tenter, st.def_or, st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
+                p.e_kra, p.prefactor, p.J, p.e_bridge, p.rot_rate, p.beta,
                 st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count,
+                st.rot_count,
                 self._log["time_s"], self._log["defect"], self._log["from_site"], self._log["to_site"],
                 self._log["hop_class"], self._log["slot"],
                 self.time_s, float(t_stop), remaining, self.buffer, self.upos, st.counters, st.err,
@@ -191,6 +198,11 @@ class Simulation:
         arrays, scalars = ckpt["arrays"], ckpt["scalars"]
         for name in SAVED_ARRAYS:
             cur = getattr(self.state, name)
+            if name not in arrays and name in OPTIONAL_SAVED:
+                if self.catalog.oriented and name == "def_or":
+                    raise ValueError("checkpoint of an orientation-free run cannot continue with an oriented catalog")
+                cur[...] = OPTIONAL_SAVED[name]
+                continue
             new = np.asarray(arrays[name])
             if new.shape != cur.shape:
                 raise ValueError(f"checkpoint array {name!r} has shape {new.shape}, expected {cur.shape}")

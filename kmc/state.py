@@ -18,7 +18,9 @@ Per defect
 int8 (bridge species, -1 for vacancies), ``def_adisp`` (n, 2, 3) int32
 (bridge-atom displacements), ``def_disp`` (n, 3) int64 (the defect's own
 unwrapped displacement), ``def_tenter`` (n,) float64 (time it reached its
-site), ``rates`` (n, 16) float64 and ``classes`` (n, 16) int64 per channel,
+site), ``def_or`` (n,) int8 (bridge orientation, :mod:`lattice.orientation`;
+-1 for vacancies and the orientation-free model), ``rates`` (n, 20) float64
+and ``classes`` (n, 20) int64 per channel,
 the sum ``tree`` (2 P,) float64 over P >= n leaves and ``stamp`` (n,) int64.
 
 Observables kept by the kernels
@@ -27,7 +29,8 @@ Observables kept by the kernels
 ``plane_count`` (2, n_planes) int64: atoms of each species per plane;
 ``occ_time`` (4, n_planes) float64: defect residence time per plane for
 vacancies and II, IBr, BrBr bridges, s; ``in_box`` (2,) int64: atoms of each
-species inside the nanodomain box; ``hop_count`` (104,) int64 per hop class.
+species inside the nanodomain box; ``hop_count`` (104,) int64 per hop class;
+``rot_count`` (6,) int64 rotations per rotation class (``kind * 3 + n_Br``).
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ from kmc import _kernels as K
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from lattice.environment import N_CLASSES
+from lattice.orientation import N_ROTATION_CLASSES, NO_ORIENTATION, initial_orientation
 from lattice.species import BRIDGE, KIND_VACANCY, VACANCY
 from rates.catalog import MissingRateError, RateCatalog
 from rates.ratelaw import K_B_EV
 
 SAVED_ARRAYS = (
     "occ", "disp", "def_kind", "def_site", "def_xyz", "def_s", "def_sp", "def_adisp", "def_disp",
-    "def_tenter", "msd", "plane_count", "occ_time", "in_box", "hop_count", "counters",
+    "def_tenter", "msd", "plane_count", "occ_time", "in_box", "hop_count", "counters", "def_or", "rot_count",
 )
+OPTIONAL_SAVED = {"def_or": NO_ORIENTATION, "rot_count": 0}
+"""Arrays that checkpoints of the orientation-free engine lack, with the value they had there."""
 
 
 @dataclass
@@ -65,6 +71,7 @@ class EngineState:
     def_adisp: np.ndarray
     def_disp: np.ndarray
     def_tenter: np.ndarray
+    def_or: np.ndarray
     rates: np.ndarray
     classes: np.ndarray
     tree: np.ndarray
@@ -78,6 +85,7 @@ class EngineState:
     box: np.ndarray
     in_box: np.ndarray
     hop_count: np.ndarray
+    rot_count: np.ndarray
     counters: np.ndarray
     err: np.ndarray
 
@@ -138,10 +146,13 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         raise ValueError("too many defects")
     xyz = lat.coords(defects.sites).reshape(n, 3).astype(np.int64)
     def_s = (defects.sites % 3).astype(np.int64)
+    def_or = np.full(n, NO_ORIENTATION, dtype=np.int8)
     for d in range(n):
         site = defects.sites[d]
         occ[site] = VACANCY if defects.kinds[d] == KIND_VACANCY else BRIDGE
         disp[site, 0] = d
+        if catalog.oriented and defects.kinds[d] != KIND_VACANCY:
+            def_or[d] = initial_orientation(int(site), d)
     n_leaves = 1
     while n_leaves < n:
         n_leaves *= 2
@@ -179,6 +190,7 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         def_adisp=np.zeros((n, 2, 3), dtype=np.int32),
         def_disp=np.zeros((n, 3), dtype=np.int64),
         def_tenter=np.zeros(n, dtype=np.float64),
+        def_or=def_or,
         rates=np.zeros((n, K.N_CHANNELS), dtype=np.float64),
         classes=np.full((n, K.N_CHANNELS), -1, dtype=np.int64),
         tree=np.zeros(2 * n_leaves, dtype=np.float64),
@@ -192,6 +204,7 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         box=box,
         in_box=in_box,
         hop_count=np.zeros(N_CLASSES, dtype=np.int64),
+        rot_count=np.zeros(N_ROTATION_CLASSES, dtype=np.int64),
         counters=np.zeros(2, dtype=np.int64),
         err=np.zeros(1, dtype=np.int64),
     )
@@ -205,6 +218,7 @@ class RateParams:
     prefactor: np.ndarray
     J: np.ndarray
     e_bridge: np.ndarray
+    rot_rate: np.ndarray
     beta: float
     catalog_name: str
 
@@ -217,6 +231,7 @@ class RateParams:
             prefactor=np.ascontiguousarray(catalog.prefactor_Hz, dtype=np.float64),
             J=np.ascontiguousarray(catalog.pair_eV, dtype=np.float64),
             e_bridge=np.ascontiguousarray(catalog.bridge_eV, dtype=np.float64),
+            rot_rate=np.ascontiguousarray(catalog.rotation_rates_Hz(temperature_K), dtype=np.float64),
             beta=1.0 / (K_B_EV * float(temperature_K)),
             catalog_name=catalog.name,
         )
@@ -225,8 +240,8 @@ class RateParams:
 def fill_rates(state: EngineState, params: RateParams) -> None:
     """Compute every rate and the sum tree from scratch (raises on a missing class)."""
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
-                      state.rates, state.classes, state.tree, state.n_leaves, params.e_kra, params.prefactor,
-                      params.J, params.e_bridge, params.beta, state.err)
+                      state.def_or, state.rates, state.classes, state.tree, state.n_leaves, params.e_kra,
+                      params.prefactor, params.J, params.e_bridge, params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
 
@@ -237,8 +252,8 @@ def rate_drift(state: EngineState, params: RateParams) -> float:
     classes = state.classes.copy()
     tree = np.zeros_like(state.tree)
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
-                      rates, classes, tree, state.n_leaves, params.e_kra, params.prefactor, params.J,
-                      params.e_bridge, params.beta, state.err)
+                      state.def_or, rates, classes, tree, state.n_leaves, params.e_kra, params.prefactor, params.J,
+                      params.e_bridge, params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
     if not np.array_equal(classes, state.classes):

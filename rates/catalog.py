@@ -1,4 +1,19 @@
-"""Rate catalog, format version 1.
+"""Rate catalog, format versions 1 and 2.
+
+Version 2 is version 1 plus the interstitial model (:mod:`lattice.orientation`)::
+
+      "interstitial_model": "oriented",
+      "rotations": [{"kind": "rot90", "bridge": "II", "E_eV": 0.2, "E_err_eV": 0.02,
+                     "prefactor_Hz": 1e12, "prefactor_err_Hz": null, "source": "..."}, ...]
+
+In the ``oriented`` model the interstitial classes give the rate of each of the
+4 kick-outs aligned with the bridge orientation, and ``rotations`` the in-place
+90-degree (``rot90``) and flip rotations per bridge composition. A version-1
+file is the ``orientation-free`` model (any bridge atom to any of its 8
+neighbours, no rotations) and is written back as version 1, byte for byte
+the same document.
+
+Version 1:
 
 A catalog is one self-describing JSON file::
 
@@ -49,10 +64,20 @@ from lattice.environment import (
     class_label,
     decode_class,
 )
+from lattice.orientation import (
+    INTERSTITIAL_MODELS,
+    N_ROTATION_CLASSES,
+    ROTATION_KINDS,
+    is_rotation_class,
+    rotation_class,
+    rotation_label,
+)
 from lattice.species import BRIDGE_NAMES, HALIDES, N_STATES, STATE_NAMES, bridge_code
 
 FORMAT_NAME = "halide-kmc-rate-catalog"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Newest version written; an orientation-free catalog is still written as version 1."""
+SUPPORTED_VERSIONS = (1, 2)
 RATE_LAW_NAME = "kra-detailed-balance"
 RATE_LAW_EXPRESSION = (
     "rate = prefactor_Hz * exp(-E_a / (k_B T)), E_a = max(E_KRA(class) + dE/2, dE, 0), "
@@ -75,11 +100,20 @@ class MissingRateError(CatalogError):
 
     def __init__(self, classes, catalog_name: str = "?"):
         self.classes = sorted(int(c) for c in np.atleast_1d(classes))
-        labels = ", ".join(f"{c} ({class_label(c)})" for c in self.classes[:20])
+        labels = ", ".join(f"{c} ({event_label(c)})" for c in self.classes[:20])
         more = "" if len(self.classes) <= 20 else f" and {len(self.classes) - 20} more"
         super().__init__(
-            f"catalog {catalog_name!r} has no rate for hop class(es) that occur: {labels}{more}"
+            f"catalog {catalog_name!r} has no rate for event class(es) that occur: {labels}{more}"
         )
+
+
+def event_label(cls: int) -> str:
+    """Label of a hop class or of a rotation class."""
+    return rotation_label(cls) if is_rotation_class(cls) else class_label(cls)
+
+
+def _nan6() -> np.ndarray:
+    return np.full(N_ROTATION_CLASSES, np.nan)
 
 
 @dataclass
@@ -103,6 +137,11 @@ class RateCatalog:
     lattice_constant_A : dict
         ``{"I": a_I, "Br": a_Br, "mixing_rule": "vegard"}``.
     temperature_range_K : (2,) float
+    interstitial_model : {"orientation-free", "oriented"}
+    rotation_E_eV, rotation_E_err_eV, rotation_prefactor_Hz, rotation_prefactor_err_Hz : (6,) float64
+        Per rotation class ``kind * 3 + n_Br`` (:func:`lattice.orientation.rotation_class` minus the
+        base); NaN where missing (all NaN for the orientation-free model).
+    rotation_source : list of str
     """
 
     name: str
@@ -123,8 +162,34 @@ class RateCatalog:
     sources: dict = field(default_factory=dict)
     assumptions: list = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    interstitial_model: str = "orientation-free"
+    rotation_E_eV: np.ndarray = field(default_factory=_nan6)
+    rotation_E_err_eV: np.ndarray = field(default_factory=_nan6)
+    rotation_prefactor_Hz: np.ndarray = field(default_factory=_nan6)
+    rotation_prefactor_err_Hz: np.ndarray = field(default_factory=_nan6)
+    rotation_source: list = field(default_factory=lambda: [""] * N_ROTATION_CLASSES)
 
-    # -- queries ------------------------------------------------------------
+    # -- queries
+    @property
+    def oriented(self) -> bool:
+        """True for the oriented interstitial model (aligned kick-outs and rotations)."""
+        return self.interstitial_model == "oriented"
+
+    def rotation_rates_Hz(self, temperature_K: float) -> np.ndarray:
+        """(6,) rotation rates at ``temperature_K`` (NaN where missing; NaN everywhere when orientation-free)."""
+        from common.units import K_B_EV  # noqa: PLC0415
+
+        return self.rotation_prefactor_Hz * np.exp(-self.rotation_E_eV / (K_B_EV * float(temperature_K)))
+
+    def require_rotations(self, bridge_n_br) -> None:
+        """Raise :class:`MissingRateError` if an oriented catalog lacks a rotation of a bridge composition present."""
+        if not self.oriented:
+            return
+        missing = [rotation_class(kind, int(nb)) for nb in np.unique(np.asarray(bridge_n_br, dtype=np.int64))
+                   for kind in range(2) if math.isnan(self.rotation_E_eV[kind * 3 + int(nb)])]
+        if missing:
+            raise MissingRateError(missing, self.name)
+
     @property
     def present(self) -> np.ndarray:
         """(104,) bool: class has an entry."""
@@ -188,9 +253,9 @@ class RateCatalog:
              "error": _num(self.bridge_err_eV[n]), "source": self.bridge_source[n]}
             for n in range(3)
         ]
-        return {
+        out = {
             "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION if self.oriented else 1,
             "name": self.name,
             "description": self.description,
             "descriptor": {"name": DESCRIPTOR_NAME, "version": DESCRIPTOR_VERSION, "n_classes": N_CLASSES},
@@ -204,6 +269,19 @@ class RateCatalog:
             "assumptions": list(self.assumptions),
             "provenance": copy.deepcopy(self.provenance),
         }
+        if self.oriented:
+            out["interstitial_model"] = self.interstitial_model
+            out["rotations"] = [
+                {"id": rotation_class(kind, nb), "label": rotation_label(rotation_class(kind, nb)),
+                 "kind": ROTATION_KINDS[kind], "bridge": BRIDGE_NAMES[nb],
+                 "E_eV": float(self.rotation_E_eV[kind * 3 + nb]),
+                 "E_err_eV": _num(self.rotation_E_err_eV[kind * 3 + nb]),
+                 "prefactor_Hz": float(self.rotation_prefactor_Hz[kind * 3 + nb]),
+                 "prefactor_err_Hz": _num(self.rotation_prefactor_err_Hz[kind * 3 + nb]),
+                 "source": self.rotation_source[kind * 3 + nb]}
+                for kind in range(2) for nb in range(3) if not math.isnan(self.rotation_E_eV[kind * 3 + nb])
+            ]
+        return out
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -261,35 +339,36 @@ def _float(v, where: str, allow_none: bool = False) -> float:
     return v
 
 
-_SCHEMA = None
+_SCHEMAS: dict = {}
 
 
-def catalog_schema() -> dict:
-    """The JSON Schema of catalog format v1 (``rates/data/catalog_v1.schema.json``)."""
-    global _SCHEMA
-    if _SCHEMA is None:
-        _SCHEMA = json.loads(resources.files("rates").joinpath("data/catalog_v1.schema.json").read_text())
-    return _SCHEMA
+def catalog_schema(version: int = 1) -> dict:
+    """The JSON Schema of catalog format ``version`` (``rates/data/catalog_v<version>.schema.json``)."""
+    if version not in _SCHEMAS:
+        _SCHEMAS[version] = json.loads(
+            resources.files("rates").joinpath(f"data/catalog_v{version}.schema.json").read_text())
+    return _SCHEMAS[version]
 
 
-def _check_schema(data, origin: str) -> None:
+def _check_schema(data, origin: str, version: int = 1) -> None:
     """Validate the document's structure (containers, types, required fields); name the first bad field's path."""
     from common.schemas import check  # noqa: PLC0415
 
-    check(data, catalog_schema(), origin, CatalogError)
+    check(data, catalog_schema(version), origin, CatalogError)
 
 
 def _parse(data: dict, origin: str) -> RateCatalog:
     if not isinstance(data, dict):
         raise CatalogError(f"{origin}: a catalog must be a JSON object")
-    if data.get("format") == FORMAT_NAME and data.get("schema_version") == SCHEMA_VERSION:
-        _check_schema(data, origin)
+    if data.get("format") == FORMAT_NAME and data.get("schema_version") in SUPPORTED_VERSIONS:
+        _check_schema(data, origin, data["schema_version"])
     fmt = _req(data, "format", origin)
     if fmt != FORMAT_NAME:
         raise CatalogError(f"{origin}: field 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
     ver = _req(data, "schema_version", origin)
-    if ver != SCHEMA_VERSION:
-        raise CatalogError(f"{origin}: schema_version {ver!r} is not supported (this package reads {SCHEMA_VERSION})")
+    if isinstance(ver, bool) or ver not in SUPPORTED_VERSIONS:
+        raise CatalogError(f"{origin}: schema_version {ver!r} is not supported (this package reads "
+                           f"{list(SUPPORTED_VERSIONS)})")
     desc = _req(data, "descriptor", origin)
     if _req(desc, "name", f"{origin}: descriptor") != DESCRIPTOR_NAME or desc.get("version") != DESCRIPTOR_VERSION:
         raise CatalogError(
@@ -405,6 +484,7 @@ def _parse(data: dict, origin: str) -> RateCatalog:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{origin}: field 'name' must be a non-empty string")
+    model, rot = _parse_rotations(data, ver, origin)
     return RateCatalog(
         name=name,
         E_KRA_eV=e_kra,
@@ -424,7 +504,54 @@ def _parse(data: dict, origin: str) -> RateCatalog:
         sources=dict(data.get("sources", {})),
         assumptions=list(data.get("assumptions", [])),
         provenance=dict(data.get("provenance", {})),
+        interstitial_model=model,
+        **rot,
     )
+
+
+def _parse_rotations(data: dict, ver: int, origin: str) -> tuple[str, dict]:
+    """Interstitial model and rotation arrays of a catalog document."""
+    rot = {"rotation_E_eV": _nan6(), "rotation_E_err_eV": _nan6(), "rotation_prefactor_Hz": _nan6(),
+           "rotation_prefactor_err_Hz": _nan6(), "rotation_source": [""] * N_ROTATION_CLASSES}
+    if ver == 1:
+        for key in ("interstitial_model", "rotations"):
+            if key in data:
+                raise CatalogError(f"{origin}: field {key!r} needs schema_version 2")
+        return "orientation-free", rot
+    model = _req(data, "interstitial_model", origin)
+    if model not in INTERSTITIAL_MODELS:
+        raise CatalogError(f"{origin}: interstitial_model {model!r} unknown; valid: {list(INTERSTITIAL_MODELS)}")
+    entries = data.get("rotations", [])
+    if model == "orientation-free" and entries:
+        raise CatalogError(f"{origin}: 'rotations' given for the orientation-free interstitial model")
+    for n, entry in enumerate(entries):
+        where = f"{origin}: rotations[{n}]"
+        kind = _req(entry, "kind", where)
+        if kind not in ROTATION_KINDS:
+            raise CatalogError(f"{where}: kind {kind!r} unknown; valid: {list(ROTATION_KINDS)}")
+        try:
+            nb = bridge_code(_req(entry, "bridge", where))
+        except ValueError as exc:
+            raise CatalogError(f"{where}: {exc}") from None
+        i = ROTATION_KINDS.index(kind) * 3 + nb
+        if "id" in entry and entry["id"] != rotation_class(ROTATION_KINDS.index(kind), nb):
+            raise CatalogError(f"{where}: id {entry['id']!r} contradicts {kind} {BRIDGE_NAMES[nb]} "
+                               f"({rotation_class(ROTATION_KINDS.index(kind), nb)})")
+        if not math.isnan(rot["rotation_E_eV"][i]):
+            raise CatalogError(f"{where}: rotation {kind} {BRIDGE_NAMES[nb]} listed twice")
+        e = _float(_req(entry, "E_eV", where), f"{where}.E_eV")
+        if not 0 <= e <= MAX_ENERGY_EV:
+            raise CatalogError(f"{where}: E_eV = {e} must lie in [0, {MAX_ENERGY_EV}] eV")
+        p = _float(_req(entry, "prefactor_Hz", where), f"{where}.prefactor_Hz")
+        if not 0 < p <= MAX_PREFACTOR_HZ:
+            raise CatalogError(f"{where}: prefactor_Hz must lie in (0, {MAX_PREFACTOR_HZ:g}] Hz, got {p}")
+        rot["rotation_E_eV"][i] = e
+        rot["rotation_prefactor_Hz"][i] = p
+        rot["rotation_E_err_eV"][i] = _float(entry.get("E_err_eV"), f"{where}.E_err_eV", allow_none=True)
+        rot["rotation_prefactor_err_Hz"][i] = _float(entry.get("prefactor_err_Hz"), f"{where}.prefactor_err_Hz",
+                                                     allow_none=True)
+        rot["rotation_source"][i] = str(entry.get("source", ""))
+    return model, rot
 
 
 __all__ = [
@@ -434,5 +561,7 @@ __all__ = [
     "MissingRateError",
     "RateCatalog",
     "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
+    "event_label",
     "load_catalog",
 ]

@@ -82,6 +82,9 @@ def _mutations():
         d["format"] = "some-other-format"
 
     def schema(d):
+        d["schema_version"] = 99
+
+    def v2_without_model(d):
         d["schema_version"] = 2
 
     def negative(d):
@@ -123,6 +126,7 @@ def _mutations():
     return [
         (fmt, "format"),
         (schema, "schema_version"),
+        (v2_without_model, "interstitial_model"),
         (negative, "negative barrier"),
         (prefactor_zero, r"prefactor_Hz must lie in \(0, "),
         (prefactor_negative, r"prefactor_Hz must lie in \(0, "),

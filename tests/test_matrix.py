@@ -221,8 +221,7 @@ def pseudo_frame_records(case, T, n_runs, run_ps, frame_ps, seed):
         ex = None
         for k in range(n_frames):
             ex_k = run_with_exposure(sim, 10 ** 9, t_stop_s=k * frame_ps * 1e-12)
-            ex = ex_k if ex is None else type(ex)(T, ex.hop_counts + ex_k.hop_counts, ex.exposure_s + ex_k.exposure_s,
-                                                  ex.time_s + ex_k.time_s, ex.n_events + ex_k.n_events)
+            ex = ex_k if ex is None else ex + ex_k
             sites.append(int(sim.state.def_site[0]))
             mixing.append(int(sim.mixing_counts().sum()))
         classes = [{"cls": int(c), "n_hops": int(ex.hop_counts[c]), "exposure_ps": float(ex.exposure_s[c] * 1e12)}

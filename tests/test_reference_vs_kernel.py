@@ -289,3 +289,57 @@ def test_reference_hop_bookkeeping():
     ref.check_consistency()
     # only the two Br atoms moved, each by one nearest-neighbour hop: |(1, 1, 0)|^2 = 2
     assert ref.squared_displacements().tolist() == [0, 4]
+
+
+def _oriented_catalog(catalog, e_rot90=(0.20, 0.22, 0.25), e_flip=(0.16, 0.18, 0.20)):
+    """``catalog`` in the oriented interstitial model with rotation barriers per bridge (II, IBr, BrBr)."""
+    cat = copy.deepcopy(catalog)
+    cat.interstitial_model = "oriented"
+    cat.rotation_E_eV = np.array(list(e_rot90) + list(e_flip), dtype=float)
+    cat.rotation_prefactor_Hz = np.full(6, 2e12)
+    cat.name = "oriented-test"
+    return cat
+
+
+def _assert_same_orientation(kern, refres):
+    state = kern[0]
+    ref = refres[0]
+    np.testing.assert_array_equal(state.def_or.astype(np.int64), [ref.orientation(d) for d in range(ref.n_defects)])
+    np.testing.assert_array_equal(state.rot_count, ref.rot_count)
+
+
+@pytest.mark.parametrize("modified", [False, True])
+def test_oriented_random_mix_same_events(default_catalog, run_kernel, modified):
+    """Oriented bridges: aligned kick-outs, landing orientations and rotations event for event."""
+    cat = _oriented_catalog(_modified_catalog(default_catalog) if modified else default_catalog)
+    lat = HalideSublattice((4, 4, 4))
+    config = build_random_mix(lat, 0.5, seed=31)
+    defects = _mixed_defects(config, 3, 5, seed=32)
+    kern, refres = _both(config, defects, cat, 900, seed=33, run_kernel=run_kernel)
+    assert kern[2] == K.STOP_EVENTS
+    _assert_same_run(kern, refres)
+    _assert_same_orientation(kern, refres)
+    ref = refres[0]
+    assert ref.rot_count[:3].sum() > 0 and ref.rot_count[3:].sum() > 0  # both rotation kinds happened
+    assert ref.event_log()["cls"].size + ref.rot_count.sum() == 900
+    # every open kick-out channel of an oriented bridge is aligned: 4 at most, 2 per atom
+    inter = kern[0].def_kind == KIND_INTERSTITIAL
+    assert np.all(np.count_nonzero(kern[0].rates[inter, :16], axis=1) <= 4)
+
+
+def test_oriented_missing_rotation_class_named(default_catalog):
+    """A rotation class that occurs but is missing stops the start with its label."""
+    from rates.catalog import MissingRateError
+
+    cat = _oriented_catalog(default_catalog)
+    cat.rotation_E_eV[3 + 1] = np.nan  # flip of IBr missing
+    cat.rotation_prefactor_Hz[3 + 1] = np.nan
+    lat = HalideSublattice((3, 3, 3))
+    config = build_random_mix(lat, 0.5, seed=1)
+    base = place_defects(config, 0, 1, seed=2)
+    bridge = base.bridge.copy()
+    bridge[0] = (I, BR)
+    defects = DefectSet(kinds=base.kinds, sites=base.sites, bridge=bridge)
+    state = make_state(config, defects, cat)
+    with pytest.raises(MissingRateError, match="Xi-rot:flip:IBr"):
+        fill_rates(state, RateParams.from_catalog(cat, TEMPERATURE_K))

@@ -168,7 +168,7 @@ def test_missing_rate_is_reported(tmp_path, capsys):
                        f'[output]\ndirectory = "{tmp_path / "o"}"\nplots = false\n')
     assert cli.main(["run", str(cfgfile)]) == 2
     err = capsys.readouterr().err
-    assert "no rate for hop class" in err and "V:I:nI=12" in err
+    assert "no rate for event class" in err and "V:I:nI=12" in err
 
 
 def test_cli_run_writes_summary_and_plots(tmp_path, capsys):
