@@ -156,6 +156,9 @@ def cmd_rates_fit(args) -> int:
     obs = combine_observations([observations_from_md_analysis(p) for p in args.md])
     cat = build_catalog_from_md(obs, args.base, mode=args.mode, name=args.name, description=args.description,
                                 extra_provenance={"versions": provenance()})
+    rot_fits = None
+    if getattr(args, "interstitial_model", "orientation-free") == "oriented":
+        cat, rot_fits = _orient_from_md_files(cat, args.md)
     cat.save(out)
     fit = cat.provenance["fit"]
     print(f"catalog: {cat.name}  (sha256 {cat.sha256()[:16]}), base {fit['base_catalog']['name']!r}, mode {args.mode}")
@@ -175,8 +178,46 @@ def cmd_rates_fit(args) -> int:
     print(f"\n{n_fit} classes fitted; {n_fallback} keep the base catalog's values (class source fallback:...)")
     for label, why in fit["unfitted"].items():
         print(f"  not fitted: {label}: {why}")
+    if rot_fits is not None:
+        _print_rotations(cat, rot_fits)
     print(f"wrote {out}")
     return 0
+
+
+def _print_rotations(cat, rot_fits) -> None:
+    from lattice.orientation import rotation_class, rotation_label
+
+    print("\nrotations (oriented interstitials; interstitial prefactors x 4):")
+    print(f"{'class':<22} {'E (eV)':>18} {'prefactor (Hz)':>22}  source")
+    for i in range(6):
+        print(f"{rotation_label(rotation_class(i // 3, i % 3)):<22} "
+              f"{cat.rotation_E_eV[i]:.4f} +- {cat.rotation_E_err_eV[i]:.4f} {cat.rotation_prefactor_Hz[i]:>14.3e}"
+              f" +- {cat.rotation_prefactor_err_Hz[i]:.1e}  {cat.rotation_source[i]}")
+    for _nb, f in sorted(rot_fits.items()):
+        pairs = ", ".join(f"{r['temperature_K']:g} K: {r['n_pairs']}" for r in f.per_T)
+        print(f"  {f.bridge}: successive-hop pairs {pairs}")
+
+
+def _orient_from_md_files(cat, paths):
+    """Oriented copy of ``cat`` with rotations fitted from the hop pairs of the runs in MD analysis files."""
+    import numpy as np
+
+    from common.provenance import file_sha256
+    from lattice.environment import N_VACANCY_CLASSES
+    from rates.orientation_fit import check_record, fit_rotations, orient_catalog
+
+    records, sources = [], []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, list) or not runs:
+            raise ValueError(f"{p}: field 'runs' missing or empty (the rotation fit needs the per-run hop events)")
+        for i, r in enumerate(runs):
+            check_record(r, f"{p}: runs[{i}]")
+        records += runs
+        sources.append({"file": str(p), "sha256": file_sha256(p)})
+    fits = fit_rotations(records, single_T_hop_E_eV=float(np.nanmean(cat.E_KRA_eV[N_VACANCY_CLASSES:])))
+    return orient_catalog(cat, fits, name=cat.name, md_sources=sources), fits
 
 
 def _cmd_rates_fit_neb(args, out: Path) -> int:
@@ -209,6 +250,11 @@ def _cmd_rates_fit_neb(args, out: Path) -> int:
         if args.description is not None:
             cat.description = args.description
         cat.provenance["versions"] = provenance()
+    rot_fits = None
+    if getattr(args, "interstitial_model", "orientation-free") == "oriented":
+        if not args.md:
+            raise ValueError("--interstitial-model oriented fits rotations from MD hop pairs; it needs --md")
+        cat, rot_fits = _orient_from_md_files(cat, args.md)
     cat.save(out)
     fit = cat.provenance["fit"]
     print(f"catalog: {cat.name}  (sha256 {cat.sha256()[:16]}), base {fit['base_catalog']['name']!r}; "
@@ -223,8 +269,46 @@ def _cmd_rates_fit_neb(args, out: Path) -> int:
         print("precedence: md-mle* (MD hop counts) over neb-fit* (NEB) over fallback:* (base catalog)")
     for label, why in fit["unfitted"].items():
         print(f"  not fitted: {label}: {why}")
+    if rot_fits is not None:
+        _print_rotations(cat, rot_fits)
     print(f"wrote {out}")
     return 0
+
+
+def _print_rotations(cat, rot_fits) -> None:
+    from lattice.orientation import rotation_class, rotation_label
+
+    print("\nrotations (oriented interstitials; interstitial prefactors x 4):")
+    print(f"{'class':<22} {'E (eV)':>18} {'prefactor (Hz)':>22}  source")
+    for i in range(6):
+        print(f"{rotation_label(rotation_class(i // 3, i % 3)):<22} "
+              f"{cat.rotation_E_eV[i]:.4f} +- {cat.rotation_E_err_eV[i]:.4f} {cat.rotation_prefactor_Hz[i]:>14.3e}"
+              f" +- {cat.rotation_prefactor_err_Hz[i]:.1e}  {cat.rotation_source[i]}")
+    for _nb, f in sorted(rot_fits.items()):
+        pairs = ", ".join(f"{r['temperature_K']:g} K: {r['n_pairs']}" for r in f.per_T)
+        print(f"  {f.bridge}: successive-hop pairs {pairs}")
+
+
+def _orient_from_md_files(cat, paths):
+    """Oriented copy of ``cat`` with rotations fitted from the hop pairs of the runs in MD analysis files."""
+    import numpy as np
+
+    from common.provenance import file_sha256
+    from lattice.environment import N_VACANCY_CLASSES
+    from rates.orientation_fit import check_record, fit_rotations, orient_catalog
+
+    records, sources = [], []
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if not isinstance(runs, list) or not runs:
+            raise ValueError(f"{p}: field 'runs' missing or empty (the rotation fit needs the per-run hop events)")
+        for i, r in enumerate(runs):
+            check_record(r, f"{p}: runs[{i}]")
+        records += runs
+        sources.append({"file": str(p), "sha256": file_sha256(p)})
+    fits = fit_rotations(records, single_T_hop_E_eV=float(np.nanmean(cat.E_KRA_eV[N_VACANCY_CLASSES:])))
+    return orient_catalog(cat, fits, name=cat.name, md_sources=sources), fits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: the embedded one)")
     fit.add_argument("--mode", default="per-class", choices=list(FIT_MODES),
                      help="; ".join(f"{k}: {v}" for k, v in FIT_MODES.items()))
+    fit.add_argument("--interstitial-model", default="orientation-free", choices=["orientation-free", "oriented"],
+                     help="oriented: bridge orientations with rotation rates fitted (maximum likelihood) from the "
+                          "successive interstitial hops of the --md runs (rates.orientation_fit); catalog schema v2")
     fit.add_argument("--out", "-o", required=True, help="catalog file to write")
     fit.add_argument("--name", help="catalog name (default md-mle-<mode>)")
     fit.add_argument("--description", help="catalog description")

@@ -20,6 +20,7 @@ from kmc.state import RateParams, fill_rates, make_state, rate_drift
 from lattice import HalideSublattice, build_random_mix, place_defects
 from lattice.defects import DefectSet
 from lattice.environment import class_label
+from lattice.orientation import ALIGNED, ROTATED
 from lattice.species import BR, BRIDGE, I, KIND_INTERSTITIAL, KIND_VACANCY, STATE_NAMES, VACANCY
 from lattice.sublattice import HOP_BACK
 from rates.ratelaw import K_B_EV, total_energy
@@ -53,10 +54,22 @@ def _energy(state, nbr, params):
     return total_energy(state.occ, nbr, state.bridge_n_br(), params.J, params.e_bridge)
 
 
+def _oriented(catalog):
+    """``catalog`` in the oriented interstitial model (rotation barriers per kind and bridge)."""
+    cat = copy.deepcopy(catalog)
+    cat.interstitial_model = "oriented"
+    cat.rotation_E_eV = np.array([0.20, 0.22, 0.25, 0.16, 0.18, 0.21])
+    cat.rotation_prefactor_Hz = np.full(6, 2e12)
+    cat.name += "-oriented"
+    return cat
+
+
 @pytest.mark.parametrize("temperature_K", [300.0, 600.0])
-@pytest.mark.parametrize("which", ["default", "strong"])
+@pytest.mark.parametrize("which", ["default", "strong", "oriented", "strong-oriented"])
 def test_detailed_balance_of_kernel_hops(default_catalog, run_kernel, temperature_K, which):
-    catalog = default_catalog if which == "default" else _strong_catalog(default_catalog)
+    catalog = default_catalog if which in ("default", "oriented") else _strong_catalog(default_catalog)
+    if which.endswith("oriented"):
+        catalog = _oriented(catalog)
     lat = HalideSublattice((4, 4, 4))
     nbr = lat.neighbour_table
     config = build_random_mix(lat, 0.5, seed=int(temperature_K))
@@ -70,19 +83,38 @@ def test_detailed_balance_of_kernel_hops(default_catalog, run_kernel, temperatur
     kinds = {KIND_VACANCY: 0, KIND_INTERSTITIAL: 0}
     classes_seen = set()
     n_hops = 150
-    for step in range(n_hops):
+    n_rot = 0
+    step = 0
+    while step < n_hops:
         flat = state.rates.ravel().copy()
         open_channels = np.flatnonzero(flat > 0.0)
         j = int(rng.choice(open_channels))
         d, c = divmod(j, K.N_CHANNELS)
-        slot, k = divmod(c, 8)
         rate_f = flat[j]
+        u2 = (flat[:j].sum() + 0.5 * rate_f) / state.tree[1]
+        if c >= K.N_KICK_CHANNELS:
+            # a rotation: the new orientation has a rotation channel back, at the same rate (energy-neutral)
+            o_before = int(state.def_or[d])
+            e_x = _energy(state, nbr, params)
+            status, _, upos, _log = run_kernel(state, params, np.array([0.5, u2]), t=0.0, max_events=1,
+                                               log_capacity=1)
+            assert status == K.STOP_EVENTS and upos == 2
+            assert _energy(state, nbr, params) == pytest.approx(e_x, abs=1e-12)
+            s_site = int(state.def_site[d]) % 3
+            back = [r for r in range(3) if ROTATED[s_site, int(state.def_or[d]), r] == o_before]
+            assert len(back) == 1 and int(state.def_or[d]) != o_before
+            assert state.rates[d, K.N_KICK_CHANNELS + back[0]] == pytest.approx(rate_f, rel=RATIO_RTOL)
+            n_rot += 1
+            continue
+        step += 1
+        slot, k = divmod(c, 8)
         cls_f = int(state.classes[d, c])
         site_a = int(state.def_site[d])
         site_b = int(nbr[site_a, k])
         e_x = _energy(state, nbr, params)
+        if int(state.def_or[d]) >= 0:
+            assert ALIGNED[site_a % 3, int(state.def_or[d]), slot, k], "an open kick-out must be aligned"
         # u2 in the middle of channel j's interval of the cumulative rates
-        u2 = (flat[:j].sum() + 0.5 * rate_f) / state.tree[1]
         status, _, upos, log = run_kernel(state, params, np.array([0.5, u2]), t=0.0, max_events=1, log_capacity=1)
         assert status == K.STOP_EVENTS and upos == 2
         assert (log["defect"][0], log["from_site"][0], log["to_site"][0], log["cls"][0]) == (
@@ -111,7 +143,9 @@ def test_detailed_balance_of_kernel_hops(default_catalog, run_kernel, temperatur
         classes_seen.add(cls_f)
     assert min(kinds.values()) > 20
     assert len(classes_seen) > 15
-    if which == "strong":
+    if which.endswith("oriented"):
+        assert n_rot > 0
+    if which.startswith("strong"):
         assert min(branches.values()) > 0, branches
     assert rate_drift(state, params) < 1e-12
 

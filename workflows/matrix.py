@@ -49,7 +49,7 @@ from workflows.matrix_spec import Case, MatrixSpec, load_spec
 log = logging.getLogger(__name__)
 
 SCHEMA = "halide-kmc/validation-matrix"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEVEL = 0.95
 
 
@@ -139,6 +139,41 @@ def _correlation_stats(logs, species="X") -> dict:
             "angles": angle_histogram(logs, species)}
 
 
+def correlation_test(md: dict, kmc: dict, min_pairs: int = 10, n_mc: int = 20000, seed: int = 0) -> dict:
+    """Back-hop z-score and angle-histogram p-value of MD against KMC (the KMC taken as the null model).
+
+    The angle p-value is a Monte-Carlo G-test: multinomial samples of the MD
+    pair count drawn from the KMC bin frequencies, p = share with a
+    likelihood-ratio statistic at least the observed one (exact for small
+    counts, where chi-square tables are not). Verdict: ``agree`` when
+    ``|z| <= 2`` and ``p >= 0.05``; fewer than ``min_pairs`` MD pairs gives
+    no verdict.
+    """
+    n_md = int(md["n_pairs"])
+    err = math.hypot(md["back_hop_err"], kmc["back_hop_err"]) if n_md else math.nan
+    z = (md["back_hop_fraction"] - kmc["back_hop_fraction"]) / err if n_md and err > 0 else math.nan
+    obs = np.asarray(md["angles"]["counts"], dtype=np.int64)
+    ref = np.asarray(kmc["angles"]["counts"], dtype=np.float64)
+    p = math.nan
+    if n_md and ref.sum() > 0:
+        q = (ref + 0.5) / (ref + 0.5).sum()  # no empty KMC bin (half-count prior)
+
+        def G(c):
+            c = np.atleast_2d(c)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(c > 0, c * np.log(c / (c.sum(axis=1, keepdims=True) * q)), 0.0)
+            return 2.0 * t.sum(axis=1)
+
+        rng = np.random.default_rng(seed)
+        sims = rng.multinomial(int(obs.sum()), q, size=n_mc)
+        p = float((np.count_nonzero(G(sims) >= G(obs)[0] - 1e-12) + 1) / (n_mc + 1))
+    if n_md < min_pairs:
+        verdict = f"insufficient pairs: {n_md} < {min_pairs}"
+    else:
+        verdict = "agree" if abs(z) <= 2.0 and p >= 0.05 else "disagree"
+    return {"back_hop_z": z, "angles_p": p, "verdict": verdict}
+
+
 def back_hop_fraction_pooled(logs, species="X"):
     n_b, n_p = 0.0, 0
     for lg in logs:
@@ -163,7 +198,13 @@ def _fits(case: Case, records: dict, spec: MatrixSpec):
     obs_all = MK.md_observations(records)
     if obs_all is None:
         return out
-    cat_all = MK.fit_catalog(obs_all, spec.kmc.fit_mode, f"md-{case.id}-all")
+    im = spec.kmc.interstitial_model
+
+    def recs_of(temperatures=None, runs=None):
+        return [r for T in temps if temperatures is None or T in temperatures for r in records[T]
+                if runs is None or r["run_index"] in runs]
+
+    cat_all = MK.fit_catalog(obs_all, spec.kmc.fit_mode, f"md-{case.id}-all", recs_of(), im)
     out["all"] = {T: (cat_all, obs_all, None) for T in temps}
     held = {}
     if len(case.temperatures_K) > 1:
@@ -171,7 +212,8 @@ def _fits(case: Case, records: dict, spec: MatrixSpec):
             others = [t for t in temps if t != T]
             obs = MK.md_observations(records, temperatures=others) if others else None
             if obs is not None and obs.hop_counts.sum() > 0:
-                held[T] = (MK.fit_catalog(obs, spec.kmc.fit_mode, f"md-{case.id}-without-T{T:g}"), obs, None)
+                held[T] = (MK.fit_catalog(obs, spec.kmc.fit_mode, f"md-{case.id}-without-T{T:g}",
+                                          recs_of(temperatures=others), im), obs, None)
     else:
         for T in temps:
             idx = [r["run_index"] for r in records[T]]
@@ -180,7 +222,8 @@ def _fits(case: Case, records: dict, spec: MatrixSpec):
             if even and odd:
                 obs = MK.md_observations(records, runs=even)
                 if obs is not None and obs.hop_counts.sum() > 0:
-                    held[T] = (MK.fit_catalog(obs, spec.kmc.fit_mode, f"md-{case.id}-even-runs"), obs, odd)
+                    held[T] = (MK.fit_catalog(obs, spec.kmc.fit_mode, f"md-{case.id}-even-runs",
+                                              recs_of(runs=even), im), obs, odd)
     if held:
         out["held-out"] = held
     return out
@@ -218,9 +261,18 @@ def evaluate_diffusion(spec: MatrixSpec, case: Case, records: dict, upscale: boo
                                       "kmc_events_per_replica": float(np.mean([r["n_events"] for r in reps]))}))
                 if fit == "all" and cell == "md-cell":
                     md_atoms, _ = MK.md_hoplogs(recs)
-                    corr.append({"case": case.id, "temperature_K": T, "md": _correlation_stats(md_atoms),
-                                 "kmc": _correlation_stats([r["atoms"] for r in reps])})
-    return {"rows": rows, "correlations": corr}
+                    c_md, c_km = _correlation_stats(md_atoms), _correlation_stats([r["atoms"] for r in reps])
+                    corr.append({"case": case.id, "temperature_K": T, "md": c_md, "kmc": c_km,
+                                 **correlation_test(c_md, c_km, seed=spec.kmc.seed)})
+    orientation = None
+    if "all" in fits:
+        cat0 = next(iter(fits["all"].values()))[0]
+        if cat0.oriented:
+            o = cat0.provenance.get("orientation", {})
+            orientation = {"fits": o.get("fits"), "rotation_rates_Hz": {
+                f"{T:g}": dict(zip(("rot90:II", "rot90:IBr", "rot90:BrBr", "flip:II", "flip:IBr", "flip:BrBr"),
+                                   (float(v) for v in cat0.rotation_rates_Hz(T)))) for T in sorted(fits["all"])}}
+    return {"rows": rows, "correlations": corr, "orientation": orientation}
 
 
 def _plane_fractions_md(rec) -> np.ndarray:
@@ -437,7 +489,8 @@ def _e(m, e=None, fmt=".2e"):
 def verdict_counts(report: dict) -> dict:
     c = {"agree": 0, "disagree": 0, "insufficient hops": 0, "other": 0}
     for case in report["cases"].values():
-        for r in case.get("rows", []) + case.get("profiles", []) + case.get("mixing", []):
+        for r in (case.get("rows", []) + case.get("profiles", []) + case.get("mixing", [])
+                  + case.get("correlations", [])):
             v = r["verdict"]
             k = "insufficient hops" if v.startswith("insufficient") else v if v in c else "other"
             c[k] += 1
@@ -492,13 +545,43 @@ def format_report(report: dict) -> str:
     if corr:
         L += ["", "### Successive hops of the same atom (MD cell, fit: all)", "",
               "Back-hop fraction: share of an atom's consecutive hop pairs in which the second hop returns it.", "",
-              "| case | T (K) | MD back-hop | KMC back-hop | MD pairs | MD cos histogram | KMC cos histogram |",
-              "|---|---|---|---|---|---|---|"]
+              "| case | T (K) | MD back-hop | KMC back-hop | z | MD pairs | MD cos histogram | KMC cos histogram "
+              "| angles p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for c in corr:
             L.append(f"| {c['case']} | {c['temperature_K']:g} | {_e(c['md']['back_hop_fraction'], c['md']['back_hop_err'], '.3f')} | "
-                     f"{_e(c['kmc']['back_hop_fraction'], c['kmc']['back_hop_err'], '.3f')} | {c['md']['n_pairs']} | "
-                     f"{c['md']['angles']['counts']} | {c['kmc']['angles']['counts']} |")
-        L += ["", "cos bins: [-1, -0.75), [-0.75, -0.25), [-0.25, 0.25), [0.25, 0.75), [0.75, 1]."]
+                     f"{_e(c['kmc']['back_hop_fraction'], c['kmc']['back_hop_err'], '.3f')} | "
+                     f"{_e(c.get('back_hop_z'), fmt='+.1f')} | {c['md']['n_pairs']} | "
+                     f"{c['md']['angles']['counts']} | {c['kmc']['angles']['counts']} | "
+                     f"{_e(c.get('angles_p'), fmt='.2f')} | {c.get('verdict', 'n/a')} |")
+        L += ["", "cos bins: [-1, -0.75), [-0.75, -0.25), [-0.25, 0.25), [0.25, 0.75), [0.75, 1]. "
+              "z: back-hop difference over the combined error; angles p: Monte-Carlo G-test of the MD histogram "
+              "against the KMC frequencies; agree when |z| <= 2 and p >= 0.05."]
+    ori = [(cid, c["orientation"]) for cid, c in report["cases"].items() if c.get("orientation")]
+    if ori:
+        L += ["", "### Interstitial orientation: rotation rates fitted from the MD hop pairs (fit: all)", "",
+              "Relations of an interstitial's next hop to the landing orientation of its last one "
+              "(aligned / crossing / perpendicular, pairs per temperature), the fitted ratios to the aligned "
+              "hop rate (r: 90-degree rotation, f: flip; joint fit over temperatures) and the rates at each "
+              "temperature (`rates.orientation_fit`).", "",
+              "| case | bridge | source | pairs (a/c/p) per T | ln r | ln f (68 % upper bound) | rot90 rate (Hz) at T | flip rate (Hz) at T |",
+              "|---|---|---|---|---|---|---|---|"]
+        for cid, o in ori:
+            for br, f in (o.get("fits") or {}).items():
+                if f["source"] != "md":
+                    continue  # compositions the case lacks take the mean of the fitted ones
+                pairs = "; ".join(f"{r['temperature_K']:g} K: {r['counts']['aligned']}/{r['counts']['crossing']}/"
+                                  f"{r['counts']['perpendicular']}" for r in f.get("per_T", [])) or "none"
+                lr, lf = f["rot90"], f["flip"]
+                up = lf.get("ln_ratio_upper_68")
+                lnf = (f"< {up:.2f}" if up is not None else _e(lf.get("ln_ratio"), lf.get("ln_ratio_err"), ".2f")) \
+                    if f["source"] == "md" else "n/a"
+                rates = o["rotation_rates_Hz"]
+                rr = ", ".join(f"{T}: {v[f'rot90:{br}']:.2e}" for T, v in rates.items())
+                fr = ", ".join(f"{T}: {v[f'flip:{br}']:.1e}" for T, v in rates.items())
+                L.append(f"| {cid} | {br} | {f['source']} | {pairs} | "
+                         f"{_e(lr.get('ln_ratio'), lr.get('ln_ratio_err'), '.2f') if f['source'] == 'md' else 'n/a'} | "
+                         f"{lnf} | {rr} | {fr} |")
     prof = [p for c in report["cases"].values() for p in c.get("profiles", [])]
     if prof:
         L += ["", "## Heterojunction occupancy profiles", "",

@@ -63,7 +63,7 @@ def md_observations(records_by_T: dict[float, list[dict]], temperatures=None, ru
 FIT_MODE_NAMES = {"per-class": "per-class", "shared": "shared-prefactor", "fixed": "fixed-prefactor"}
 
 
-def fit_catalog(obs, mode: str, name: str):
+def fit_catalog(obs, mode: str, name: str, records=None, interstitial_model: str = "orientation-free"):
     """Catalog fitted to ``obs`` over the embedded default (its energy model, unseen classes).
 
     With hops at a single temperature an Arrhenius pair cannot be separated:
@@ -75,7 +75,28 @@ def fit_catalog(obs, mode: str, name: str):
 
     n_T = int(np.count_nonzero(obs.hop_counts.sum(axis=1) > 0))
     m = FIT_MODE_NAMES[mode] if n_T >= 2 else "per-class"
-    return build_catalog_from_md(obs, base_catalog="default", mode=m, name=name)
+    cat = build_catalog_from_md(obs, base_catalog="default", mode=m, name=name)
+    if interstitial_model == "oriented" and records:
+        cat = orient_from_records(cat, records)
+    return cat
+
+
+def orient_from_records(cat, records: list[dict]):
+    """Oriented copy of ``cat`` with rotation rates fitted from the interstitial hop pairs of ``records``.
+
+    Records without interstitial pairs (vacancy cases) leave ``cat`` as it is.
+    With hops at one temperature the hop activation energy is the mean
+    interstitial barrier of ``cat`` (see :func:`rates.orientation_fit.fit_rotations`).
+    """
+    from lattice.environment import N_VACANCY_CLASSES  # noqa: PLC0415
+    from rates.orientation_fit import fit_rotations, orient_catalog  # noqa: PLC0415
+
+    e_i = cat.E_KRA_eV[N_VACANCY_CLASSES:]
+    fits = fit_rotations(records, single_T_hop_E_eV=float(np.nanmean(e_i)))
+    if not fits:
+        return cat
+    return orient_catalog(cat, fits, name=cat.name,
+                          md_sources=[{"file": r["file"], "sha256": r["trajectory_sha256"]} for r in records])
 
 
 def kmc_cell(case: Case, shape, seed: int):

@@ -5,7 +5,8 @@ Layout (see ``validation/matrix.toml``, the committed default)::
     [matrix]  potential (KIND:PATH, relative paths from the spec's folder), min_hops, seed
     [md]      defaults of every case: run_ps, equil_ps, dt_fs, dump_fs, max_runs,
               lattice_constant ("npt", "vegard" or A), thermostat
-    [kmc]     replicas, time_factor, upscale_shape, fit_mode, seed, lag_fraction (verdict lag / run_ps)
+    [kmc]     replicas, time_factor, upscale_shape, fit_mode, seed, lag_fraction (verdict lag / run_ps),
+              interstitial_model (orientation-free | oriented: rotations fitted from the MD hop pairs)
     [[case]]  id, defect (interstitial | vacancy), structure (pure | random |
               heterojunction | nanodomain) and its parameters (species; x_I;
               thickness_I, thickness_Br, interface; domain_species, domain_size),
@@ -42,7 +43,7 @@ STRUCTURE_KEYS = {
 MD_DEFAULTS = {"run_ps": 50.0, "equil_ps": 2.0, "dt_fs": 2.0, "dump_fs": 50.0, "max_runs": 10,
                "lattice_constant": "npt", "thermostat": "nose-hoover"}
 KMC_DEFAULTS = {"replicas": 8, "time_factor": 4.0, "upscale_shape": [12, 12, 12], "fit_mode": "shared", "seed": 7,
-                "lag_fraction": 0.25}
+                "lag_fraction": 0.25, "interstitial_model": "orientation-free"}
 MATRIX_DEFAULTS = {"potential": None, "min_hops": 50, "seed": 1}
 CASE_KEYS = {"id", "defect", "structure", "shape", "temperatures_K", "compare", "where", "min_hops", "species", "x_I",
              "thickness_I", "thickness_Br", "interface", "domain_species", "domain_size", *MD_DEFAULTS}
@@ -96,6 +97,7 @@ class KMCParams:
     fit_mode: str
     seed: int
     lag_fraction: float
+    interstitial_model: str = "orientation-free"
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,9 @@ def load_spec(path) -> MatrixSpec:
     kmc = KMCParams(replicas=_int(k["replicas"], "kmc.replicas", 2), time_factor=_num(k["time_factor"], "kmc.time_factor"),
                     upscale_shape=None if ups in (None, [], False) else _shape(ups, "kmc.upscale_shape"),
                     fit_mode=_choice(k["fit_mode"], "kmc.fit_mode", ("per-class", "shared", "fixed")),
-                    seed=_int(k["seed"], "kmc.seed", 0), lag_fraction=_num(k["lag_fraction"], "kmc.lag_fraction"))
+                    seed=_int(k["seed"], "kmc.seed", 0), lag_fraction=_num(k["lag_fraction"], "kmc.lag_fraction"),
+                    interstitial_model=_choice(k["interstitial_model"], "kmc.interstitial_model",
+                                               ("orientation-free", "oriented")))
     if not kmc.lag_fraction <= 0.5:
         raise SpecError(f"{p}: kmc.lag_fraction must lie in (0, 0.5], got {kmc.lag_fraction}")
     cases_raw = raw.get("case", [])

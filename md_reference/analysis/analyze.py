@@ -101,6 +101,7 @@ def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> 
         "mean_temperature_K": float(np.mean(traj.temperature_K[1:])) if traj.n_frames > 1 else None,
         "lattice_constant_A": traj.lattice_constant_A,
         "configuration": traj.configuration.describe(),
+        "halide_species": species,
         "potential": traj.provenance.get("potential", {}),
         "D_eq1_cm2_s": D,
         "D_defect_cm2_s": D_defect,
