@@ -47,7 +47,12 @@ FULL_SIZES = (7, 22, 47, 100, 150)  # cells per edge: 1029, 31944, 311469, 3e6, 
 QUICK_SIZES = (7, 22, 47)
 # (label, vacancies, interstitials); a case runs only where the lattice has at least
 # MIN_SITES_PER_DEFECT sites per defect (denser systems are not a scaling benchmark)
-DEFECT_CASES = (("1V", 1, 0), ("1I", 0, 1), ("10", 5, 5), ("1e3", 500, 500), ("1e4", 5000, 5000))
+DEFECT_CASES = (("1V", 1, 0), ("1I", 0, 1), ("1I-or", 0, 1), ("10", 5, 5), ("1e3", 500, 500),
+                ("1e4", 5000, 5000), ("1e4-or", 5000, 5000))
+"""Cases ending in ``-or`` use the oriented interstitial model (bridge orientations, aligned kick-outs and
+rotations) with the rotation rates fitted from the committed validation MD of CsPbI3 and CsPbBr3."""
+TARGET_ONE_INTERSTITIAL_EV_S = 5e6  # oriented, 1e5 sites
+TARGET_ORIENTED_MANY_EV_S = 0.9e6   # oriented, 1e4 defects on 1e7 sites
 MIN_SITES_PER_DEFECT = 100
 CHUNK_EVENTS = 1_000_000  # events per kernel call (buffer of 2 uniforms per event)
 # the NumPy reference engine recomputes every channel with global energies: O(n_def * n_sites)
@@ -97,12 +102,27 @@ def environment() -> dict:
 # --------------------------------------------------------------------------
 # workload
 # --------------------------------------------------------------------------
-def build_case(config, n_vac: int, n_int: int, seed: int):
+_ORIENTED = {}
+
+
+def oriented_catalog():
+    """The default catalog in the oriented model, rotations fitted from ``validation/md`` (pure I and Br)."""
+    if "cat" not in _ORIENTED:
+        from rates import load_catalog
+        from rates.orientation_fit import fit_rotations, orient_catalog
+
+        recs = [json.loads(f.read_text()) for case in ("Xi-CsPbI3", "Xi-CsPbBr3")
+                for f in sorted((REPO / "validation" / "md" / case).glob("*.json"))]
+        _ORIENTED["cat"] = orient_catalog(load_catalog(), fit_rotations(recs), name="default-oriented-bench")
+    return _ORIENTED["cat"]
+
+
+def build_case(config, n_vac: int, n_int: int, seed: int, oriented: bool = False):
     from kmc.state import RateParams, fill_rates, make_state
     from lattice import place_defects
     from rates import load_catalog
 
-    catalog = load_catalog()
+    catalog = oriented_catalog() if oriented else load_catalog()
     defects = place_defects(config, n_vac, n_int, seed=seed)
     state = make_state(config, defects, catalog)
     params = RateParams.from_catalog(catalog, TEMPERATURE_K)
@@ -293,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds_per_case": target_s, "repeats": args.repeats, "quick": args.quick},
         "environment": environment(),
         "targets": {"one_vacancy_events_per_s": TARGET_ONE_VACANCY_EV_S,
+                    "oriented_one_interstitial_1e5_sites_events_per_s": TARGET_ONE_INTERSTITIAL_EV_S,
+                    "oriented_1e4_defects_on_1e7_sites_events_per_s": TARGET_ORIENTED_MANY_EV_S,
                     "1e4_defects_on_1e7_sites_events_per_s": TARGET_MANY_DEFECTS_EV_S,
                     "bytes_per_site": TARGET_BYTES_PER_SITE},
     }
@@ -333,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             if n_def > 1 and lattice.n_sites < MIN_SITES_PER_DEFECT * n_def:
                 continue
             t0 = time.perf_counter()
-            state, params, defects, catalog = build_case(config, n_vac, n_int, args.seed + n_def)
+            state, params, defects, catalog = build_case(config, n_vac, n_int, args.seed + n_def,
+                                                         oriented=label.endswith("-or"))
             t_setup = time.perf_counter() - t0 + t_config
             row = {"cells": n, "n_sites": lattice.n_sites, "case": label, "n_defects": n_def,
                    "n_vacancies": n_vac, "n_interstitials": n_int, "setup_s": t_setup,
@@ -361,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     # summary against the targets
     one_v = [r["events_per_s_best"] for r in rows if r["case"] == "1V"]
     many = [r["events_per_s_best"] for r in rows if r["case"] == "1e4" and r["n_sites"] >= 1e7]
+    one_i = [r["events_per_s_best"] for r in rows if r["case"] == "1I-or" and 0.9e5 <= r["n_sites"] <= 1e6]
+    many_or = [r["events_per_s_best"] for r in rows if r["case"] == "1e4-or" and r["n_sites"] >= 1e7]
     bps = max((r["bytes_per_site"] for r in rows), default=float("nan"))
     summary = {
         "one_vacancy_events_per_s_min": min(one_v) if one_v else None,
@@ -368,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         "one_vacancy_target_met": (min(one_v) >= TARGET_ONE_VACANCY_EV_S) if one_v else None,
         "1e4_defects_on_1e7_sites_events_per_s": many[0] if many else None,
         "1e4_defects_on_1e7_sites_target_met": (many[0] >= TARGET_MANY_DEFECTS_EV_S) if many else None,
+        "oriented_one_interstitial_1e5_sites_events_per_s": one_i[0] if one_i else None,
+        "oriented_one_interstitial_target_met": (one_i[0] >= TARGET_ONE_INTERSTITIAL_EV_S) if one_i else None,
+        "oriented_1e4_defects_on_1e7_sites_events_per_s": many_or[0] if many_or else None,
+        "oriented_1e4_defects_target_met": (many_or[0] >= TARGET_ORIENTED_MANY_EV_S) if many_or else None,
         "bytes_per_site": bps,
         "bytes_per_site_target_met": bps <= TARGET_BYTES_PER_SITE,
         "wall_s": time.perf_counter() - t_start,
@@ -382,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if summary['1e4_defects_on_1e7_sites_target_met'] else 'NOT met'})")
     else:
         print("1e4 defects on 1e7 sites: not measured (use the full run)")
+    if one_i:
+        print(f"one oriented interstitial, 1e5-1e6 sites: {one_i[0]:.3g} events/s (target >= "
+              f"{TARGET_ONE_INTERSTITIAL_EV_S:.0e}: {'met' if summary['oriented_one_interstitial_target_met'] else 'NOT met'})")
+    if many_or:
+        print(f"oriented, 1e4 defects on 1e7 sites: {many_or[0]:.3g} events/s (target >= "
+              f"{TARGET_ORIENTED_MANY_EV_S:.1e}: {'met' if summary['oriented_1e4_defects_target_met'] else 'NOT met'})")
     print(f"memory: {bps:.1f} bytes/site (target <= {TARGET_BYTES_PER_SITE:g}: "
           f"{'met' if summary['bytes_per_site_target_met'] else 'NOT met'})")
 

@@ -407,7 +407,8 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
     total = 0.0
     for k in range(8):
         bk = pb[1 + k]
-        if bk > 16:  # destination holds a vacancy or a bridge
+        # destination holds a vacancy or a bridge, or (oriented bridge) no kick-out towards it is aligned
+        if bk > 16 or (ori >= 0 and _ALN[s, ori, 0, k] == 0 and _ALN[s, ori, 1, k] == 0):
             rates[d, k] = 0.0
             rates[d, 8 + k] = 0.0
             classes[d, k] = -1
@@ -448,13 +449,17 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
         r_prev = 0.0
         cls_prev = -1
         for slot in range(2):
+            if ori >= 0 and _ALN[s, ori, slot, k] == 0:
+                rates[d, slot * 8 + k] = 0.0
+                classes[d, slot * 8 + k] = -1
+                continue
             if slot == 0:
                 mover = s0
                 rem = s1
             else:
                 mover = s1
                 rem = s0
-            if slot == 1 and s1 == s0:
+            if slot == 1 and s1 == s0 and cls_prev >= 0:
                 r = r_prev
                 cls = cls_prev
             else:
@@ -480,10 +485,6 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
                         cval[h] = r
                 r_prev = r
                 cls_prev = cls
-            if ori >= 0 and _ALN[s, ori, slot, k] == 0:
-                rates[d, slot * 8 + k] = 0.0
-                classes[d, slot * 8 + k] = -1
-                continue
             rates[d, slot * 8 + k] = r
             classes[d, slot * 8 + k] = cls
             total += r
@@ -576,15 +577,16 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_
                 pair = (1 if rem == I else 0) + (1 if st == I else 0)
                 cls = interstitial_class(mover, pair, shell)
                 r = hop_rate(cls, delta_energy_kickout(cA, cB, mover, rem, st, J, e_bridge), beta, e_kra, prefactor)
-                if r != r:
-                    err[0] = cls
-                    return math.nan
                 r_prev = r
                 cls_prev = cls
             if ori >= 0 and _ALN[s, ori, slot, k] == 0:
+                # not an event of an oriented bridge (its class need not be in the catalog)
                 rates[d, slot * 8 + k] = 0.0
                 classes[d, slot * 8 + k] = -1
                 continue
+            if r != r:
+                err[0] = cls
+                return math.nan
             rates[d, slot * 8 + k] = r
             classes[d, slot * 8 + k] = cls
             total += r

@@ -362,8 +362,8 @@ class ReferenceKMC:
 
         Returns
         -------
-        rates : (n, 16) float64
-        classes : (n, 16) int64, -1 for blocked or unused channels
+        rates : (n, N_CHANNELS) float64
+        classes : (n, N_CHANNELS) int64, -1 for blocked, closed or unused channels
         """
         n = self.n_defects
         rates = np.zeros((n, N_CHANNELS), dtype=np.float64)
