@@ -134,6 +134,17 @@ def cmd_rates_show(args) -> int:
     missing = int((~cat.present).sum())
     if missing:
         print(f"\n{missing} classes have no entry")
+    print(f"\ninterstitial model: {cat.interstitial_model}")
+    if cat.oriented:
+        from lattice.orientation import rotation_class, rotation_label
+
+        for i in range(6):
+            if math.isnan(cat.rotation_E_eV[i]):
+                continue
+            err = cat.rotation_E_err_eV[i]
+            print(f"     {rotation_label(rotation_class(i // 3, i % 3)):<22} {cat.rotation_E_eV[i]:12.4f} "
+                  f"{'' if math.isnan(err) else f'{err:7.3f}':>7} {cat.rotation_prefactor_Hz[i]:15.3e}  "
+                  f"{cat.rotation_source[i]}")
     if args.json:
         print(json.dumps(cat.to_dict(), indent=1))
     return 0
@@ -196,6 +207,13 @@ def _print_rotations(cat, rot_fits) -> None:
     for _nb, f in sorted(rot_fits.items()):
         pairs = ", ".join(f"{r['temperature_K']:g} K: {r['n_pairs']}" for r in f.per_T)
         print(f"  {f.bridge}: successive-hop pairs {pairs}")
+        for T, d in f.joint.get("direct", {}).items():
+            rel = d["relations"]
+            print(f"    tracked frame by frame at {T} K: rot90 {d['rho_Hz']:.2e} +- {d['rho_err_Hz']:.1e} Hz/channel "
+                  f"({d['n_rot90']}), flips {d['n_flip']}; hops aligned/crossing/perpendicular to the tracked "
+                  f"orientation {rel.get('aligned', 0)}/{rel.get('crossing', 0)}/{rel.get('perpendicular', 0)}, "
+                  f"landed as the model {d['landing'].get('landing', 0)} of "
+                  f"{sum(d['landing'].values())}; unassigned frames {d['unassigned_frames']} of {d['frames']}")
 
 
 def _orient_from_md_files(cat, paths):
@@ -287,6 +305,13 @@ def _print_rotations(cat, rot_fits) -> None:
     for _nb, f in sorted(rot_fits.items()):
         pairs = ", ".join(f"{r['temperature_K']:g} K: {r['n_pairs']}" for r in f.per_T)
         print(f"  {f.bridge}: successive-hop pairs {pairs}")
+        for T, d in f.joint.get("direct", {}).items():
+            rel = d["relations"]
+            print(f"    tracked frame by frame at {T} K: rot90 {d['rho_Hz']:.2e} +- {d['rho_err_Hz']:.1e} Hz/channel "
+                  f"({d['n_rot90']}), flips {d['n_flip']}; hops aligned/crossing/perpendicular to the tracked "
+                  f"orientation {rel.get('aligned', 0)}/{rel.get('crossing', 0)}/{rel.get('perpendicular', 0)}, "
+                  f"landed as the model {d['landing'].get('landing', 0)} of "
+                  f"{sum(d['landing'].values())}; unassigned frames {d['unassigned_frames']} of {d['frames']}")
 
 
 def _orient_from_md_files(cat, paths):

@@ -63,6 +63,7 @@ def add_md_parser(sub) -> None:
     m.add_argument("--damping-fs", type=float, default=100.0, help="thermostat damping time, fs")
     m.add_argument("--seed", type=int, default=1, help="master seed of the velocities")
     m.add_argument("--workers", type=int, default=1, help="parallel processes (one thread each)")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress log lines")
     m.add_argument("--out", "-o", default="md_runs", help="output folder")
     m.add_argument("--no-resume", action="store_true", help="start over instead of resuming checkpoints")
     m.add_argument("--max-wall-s", type=float, help="stop each run at a checkpoint after this wall time")
@@ -217,8 +218,9 @@ def cmd_md_run(args) -> int:
     build_cell(job.structure.kind, job.structure.shape, defect=job.structure.defect, where=where,
                added_species=job.structure.added_species, lattice_constant=6.0, seed=job.structure.seed,
                **job.structure.params)
-    logging.getLogger("md_reference").setLevel(logging.INFO)
-    results = run_all(job, workers=args.workers, resume=not args.no_resume, progress=True,
+    logging.getLogger("md_reference").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    results = run_all(job, workers=args.workers, resume=not args.no_resume,
+                      progress=not getattr(args, "quiet", False),
                       max_wall_s=args.max_wall_s)
     print(f"{'file':<40} {'status':<18} {'frames':>7} {'ms/step':>8} {'<T> (K)':>8}")
     for r in sorted(results, key=lambda r: r["path"]):

@@ -482,6 +482,7 @@ def fit_rotations(records, temperature_model: str = "ratio", min_pairs: int = 1,
             ln_nu_h += E_h / (K_B_EV * T_hop[0])
             cov_h = np.zeros((2, 2))
             cov_h[0, 0] = 1.0 / hops[T_hop[0]][0]
+            cov_h[1, 1] = math.nan  # the activation energy is given, not measured
             hop_E_source = "given (hops at one temperature)"
         kinds = {}
         for kind, (ia, ib) in (("rot90", (0, 1)), ("flip", (2, 3))):
@@ -505,8 +506,43 @@ def fit_rotations(records, temperature_model: str = "ratio", min_pairs: int = 1,
         joint = {"temperature_model": model, "nll": nll, "beta0_per_eV": beta0, "n_pairs": int(counts_T.sum()),
                  "hop_arrhenius": {"E_eV": E_h, "prefactor_Hz": math.exp(ln_nu_h), "E_source": hop_E_source,
                                    "note": "aligned per-channel rate = 4 x orientation-free per-channel rate"}}
+        joint["direct"] = _direct_counts(records, n_br)
         out[n_br] = RotationFit(n_br, rows, kinds["rot90"], kinds["flip"], joint=joint)
     return out
+
+
+def _direct_counts(records, n_br: int) -> dict:
+    """Rotations counted frame by frame by the MD tracker (records with an ``orientation`` block), per T.
+
+    A cross-check of the pair-based fit: ``rho = n_rot90 / (2 t)`` per channel and ``phi = n_flip / t``,
+    ``t`` the time with an assigned orientation, Poisson errors; plus the relations of the hops to the
+    tracked orientation before them (the model allows aligned ones only) and how many landed as the
+    model says. These counts depend on the tracker's thresholds (split, axis ratio, dwell).
+    """
+    per_T: dict[float, dict] = {}
+    for rec in records:
+        o = rec.get("orientation")
+        if not isinstance(o, dict):
+            continue
+        T = float(rec["temperature_K"])
+        d = per_T.setdefault(T, {"n_rot90": 0, "n_flip": 0, "assigned_ps": 0.0, "unassigned_frames": 0,
+                                 "frames": 0, "relations": {}, "landing": {}})
+        rc = o.get("rotation_counts", {}).get(str(n_br), {})
+        d["n_rot90"] += int(rc.get("rot90", 0))
+        d["n_flip"] += int(rc.get("flip", 0))
+        d["assigned_ps"] += float(o.get("assigned_ps", {}).get(str(n_br), 0.0))
+        d["unassigned_frames"] += int(o.get("n_unassigned_frames", 0))
+        d["frames"] += int(o.get("n_interstitial_frames", 0))
+        for key, src in (("relations", "relation_counts"), ("landing", "landing_counts")):
+            for k, v in o.get(src, {}).items():
+                d[key][k] = d[key].get(k, 0) + int(v)
+    for d in per_T.values():
+        t = d["assigned_ps"] * 1e-12
+        d["rho_Hz"] = d["n_rot90"] / (2 * t) if t > 0 else math.nan
+        d["rho_err_Hz"] = math.sqrt(max(d["n_rot90"], 1)) / (2 * t) if t > 0 else math.nan
+        d["phi_Hz"] = d["n_flip"] / t if t > 0 else math.nan
+        d["phi_err_Hz"] = math.sqrt(max(d["n_flip"], 1)) / t if t > 0 else math.nan
+    return {f"{T:g}": v for T, v in sorted(per_T.items())}
 
 
 def complete_fits(fits: dict[int, RotationFit]) -> dict[int, RotationFit]:
@@ -524,7 +560,7 @@ def complete_fits(fits: dict[int, RotationFit]) -> dict[int, RotationFit]:
             ln_nu = float(np.mean([math.log(v["prefactor_Hz"]) for v in vals]))
             spread = float(np.std([v["E_eV"] for v in vals])) if len(vals) > 1 else 0.0
             kinds[kind] = {"E_eV": E, "E_err_eV": float(math.hypot(spread, max(v["E_err_eV"] for v in vals))),
-                           "prefactor_Hz": math.exp(ln_nu), "prefactor_err_Hz": 0.0, "n_T": 0}
+                           "prefactor_Hz": math.exp(ln_nu), "prefactor_err_Hz": math.nan, "n_T": 0}
         out[n_br] = RotationFit(n_br, [], kinds["rot90"], kinds["flip"], source="fallback")
     return out
 

@@ -256,3 +256,22 @@ def test_rates_fit_oriented_cli_bad_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "runs[0]" in err and "'halide_species' missing" in err and "rerun kmc md analyze" in err
     assert not out.exists()
+
+
+def test_direct_rotation_counts_cross_check(kmc_runs):
+    """Tracker rotation counts (records with an orientation block) give rho = n / (2 t) and phi = n / t."""
+    runs, _, _ = kmc_runs
+    recs = []
+    for T, (rec, _g, _s) in runs.items():
+        r = copy.deepcopy(rec)
+        r["orientation"] = {"rotation_counts": {"0": {"rot90": 40, "flip": 10}}, "assigned_ps": {"0": 200.0},
+                            "n_unassigned_frames": 3, "n_interstitial_frames": 100,
+                            "relation_counts": {"aligned": 9, "crossing": 0, "perpendicular": 1, "unknown": 0},
+                            "landing_counts": {"landing": 8, "other": 2, "unknown": 0}}
+        recs.append(r)
+    fit = fit_rotations(recs)[0]
+    d = fit.joint["direct"]["500"]
+    assert d["rho_Hz"] == pytest.approx(40 / (2 * 200e-12)) and d["phi_Hz"] == pytest.approx(10 / 200e-12)
+    assert d["rho_err_Hz"] == pytest.approx(math.sqrt(40) / (2 * 200e-12))
+    assert d["relations"]["aligned"] == 9 and d["landing"]["other"] == 2 and d["unassigned_frames"] == 3
+    assert fit_rotations([v[0] for v in runs.values()])[0].joint["direct"] == {}

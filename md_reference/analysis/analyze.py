@@ -75,6 +75,24 @@ def defect_path_A(sites: np.ndarray, lattice, lattice_constant_A: float) -> np.n
     return path * (0.5 * lattice_constant_A)
 
 
+def _orientation_record(traj, hal, fw, track, events: list[dict]) -> dict:
+    """Per-frame bridge orientations, rotations and hop labels (:mod:`md_reference.analysis.orientation`).
+
+    Each interstitial event dict gains ``relation`` and ``landing``; the per-hop list is not repeated.
+    """
+    from md_reference.analysis.orientation import label_orientations, smoothed_positions
+    from md_reference.analysis.tracker import remove_framework_drift
+
+    pos = traj.positions_A[:, hal]
+    if np.any(fw):
+        pos = remove_framework_drift(pos, traj.positions_A[:, fw])
+    smooth = smoothed_positions(pos, None, int(track.params["window_frames"]))
+    out = label_orientations(track, smooth)
+    for e, h in zip(events, out.pop("hops")):
+        e.update(h)
+    return out
+
+
 def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> dict:
     """Analysis record of one run (JSON-ready after :func:`to_jsonable`)."""
     sym = traj.symbols
@@ -108,6 +126,8 @@ def analyze_trajectory(traj: Trajectory, tracker_kwargs: dict | None = None) -> 
         "msd_X": {"lag_ps": lags, "msd_A2": msd},
         "tracking": track.summary(),
     }
+    if any(k == "interstitial" for k in rec["tracking"]["defect_kinds"]):
+        rec["orientation"] = _orientation_record(traj, hal, fw, track, rec["tracking"]["events"])
     config = traj.configuration
     d_site = track.defect_site[:, 0] if track.n_defects else np.zeros(0, np.int64)
     bridge = track.bridge_n_br[:, 0] if track.n_defects else np.zeros(0, np.int8)
