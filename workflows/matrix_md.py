@@ -93,7 +93,7 @@ def lane_status(spec: MatrixSpec, records: list[dict], case: Case) -> dict:
     """Hops, runs and whether a lane needs another run."""
     hops = int(sum(r["tracking"]["n_hops"] for r in records))
     n = len(records)
-    want = case.min_hops or spec.min_hops
+    want = case.target_hops or case.min_hops or spec.min_hops
     return {"n_runs": n, "n_hops": hops, "needs_run": hops < want and n < case.md.max_runs, "next_run": n,
             "min_hops": want}
 

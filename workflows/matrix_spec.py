@@ -11,7 +11,8 @@ Layout (see ``validation/matrix.toml``, the committed default)::
               heterojunction | nanodomain) and its parameters (species; x_I;
               thickness_I, thickness_Br, interface; domain_species, domain_size),
               shape, temperatures_K, compare (diffusion | profile | mixing),
-              where (defect placement rule), min_hops (more for profiles and mixing), and any
+              where (defect placement rule), min_hops (more for profiles and mixing),
+              target_hops (hops per temperature the MD lanes run for, default min_hops), and any
               [md] key as an override.
 
 Every field is checked once, here; an error names the case and the field.
@@ -45,7 +46,7 @@ MD_DEFAULTS = {"run_ps": 50.0, "equil_ps": 2.0, "dt_fs": 2.0, "dump_fs": 50.0, "
 KMC_DEFAULTS = {"replicas": 8, "time_factor": 4.0, "upscale_shape": [12, 12, 12], "fit_mode": "shared", "seed": 7,
                 "lag_fraction": 0.25, "interstitial_model": "orientation-free"}
 MATRIX_DEFAULTS = {"potential": None, "min_hops": 50, "seed": 1}
-CASE_KEYS = {"id", "defect", "structure", "shape", "temperatures_K", "compare", "where", "min_hops", "species", "x_I",
+CASE_KEYS = {"id", "defect", "structure", "shape", "temperatures_K", "compare", "where", "min_hops", "target_hops", "species", "x_I",
              "thickness_I", "thickness_Br", "interface", "domain_species", "domain_size", *MD_DEFAULTS}
 
 
@@ -76,6 +77,7 @@ class Case:
     where: str | int
     md: MDParams
     min_hops: int | None = None
+    target_hops: int | None = None
 
     def physics(self, potential_sha256: str, seed: int) -> dict:
         """What determines the case's MD (the hash of the compact records)."""
@@ -275,9 +277,11 @@ def load_spec(path) -> MatrixSpec:
             raise SpecError(f"{where}.where must be a placement rule or a site index, got {wh!r}")
         md = _md({**sections["md"], **{kk: v for kk, v in c.items() if kk in MD_DEFAULTS}}, where)
         mh = c.get("min_hops")
+        th = c.get("target_hops")
         cases.append(Case(id=cid, defect=defect, structure=structure, params=_params(c, structure, where),
                           shape=_shape(c["shape"], f"{where}.shape"), temperatures_K=T, compare=compare,
-                          where=wh, md=md, min_hops=None if mh is None else _int(mh, f"{where}.min_hops", 1)))
+                          where=wh, md=md, min_hops=None if mh is None else _int(mh, f"{where}.min_hops", 1),
+                          target_hops=None if th is None else _int(th, f"{where}.target_hops", 1)))
     import hashlib as _h  # noqa: PLC0415
 
     return MatrixSpec(path=str(p), potential=f"{kind}:{pp}", potential_path=str(pp),

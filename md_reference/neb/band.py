@@ -141,6 +141,8 @@ class NEBSettings:
     interpolation : {"idpp", "linear"}
         Initial band (ignored when a band is given).
     optimizer : {"FIRE", "BFGS", "LBFGS"}
+    max_step_A : float, optional
+        Largest atom step of the band optimiser (ASE ``maxstep``; None: its default, 0.2 A).
     method : str
         ASE NEB tangent method.
     endpoint_refinements : int
@@ -182,8 +184,11 @@ class NEBSettings:
     rattle_A: float = 0.0
     rattle_seed: int = 0
     n_starts: int = 1
+    max_step_A: float | None = None
 
     def validate(self) -> "NEBSettings":
+        if self.max_step_A is not None and not self.max_step_A > 0:
+            raise ValueError(f"max_step_A must be > 0 or None, got {self.max_step_A}")
         if int(self.n_images) != self.n_images or self.n_images < 1:
             raise ValueError(f"n_images must be an integer >= 1, got {self.n_images}")
         for name in ("spring_eV_A2", "fmax_eV_A", "endpoint_fmax_eV_A"):
@@ -536,7 +541,8 @@ def neb_between(initial, final, calculator_factory, settings: NEBSettings | None
             neb.interpolate(method="idpp", mic=True)
         else:
             neb.interpolate(mic=True)
-        opt = _optimizers()[s.optimizer](neb, logfile=None)
+        kw = {} if s.max_step_A is None else {"maxstep": float(s.max_step_A)}
+        opt = _optimizers()[s.optimizer](neb, logfile=None, **kw)
         converged = bool(opt.run(fmax=s.fmax_eV_A, steps=s.max_steps))
         e = np.array([float(img.get_potential_energy()) for img in images])
         L = np.diag(initial.cell.array) if initial.cell.orthorhombic and initial.pbc.all() else None
@@ -736,6 +742,132 @@ def _run_neb_single(config, kind, site_a, slot, potential, lattice_constant_A, s
     if not result.endpoints_converged:
         log.warning("NEB %s %d->%d: endpoint relaxation did not converge", kind, site_a, site_b)
     return result, res["images"]
+
+
+ROTATION_KINDS = ("rot90", "flip")
+DIVERGED_EV = 2.0
+"""A rotation band with an image this far above both endpoints (eV) is reported as diverged."""
+
+
+def rotation_endpoints(config: Configuration, site: int, kind: str, lattice_constant_A: float,
+                       split_fraction: float = SPLIT_FRACTION, added_species: str = "same"):
+    """Initial and final ASE structures of a bridge rotation in place (ideal geometry).
+
+    The bridge on ``site`` starts split along ``(type + 1) % 3`` with the
+    site's own atom on the + side (:func:`md_reference.md.structures.build_atoms`);
+    ``rot90`` ends split along ``(type + 2) % 3`` (own atom on +), ``flip``
+    with the two atoms swapped. Returns ``(initial, final, info)`` with the
+    atom indices of the pair and the bridge composition (Br atoms).
+    """
+    if kind not in ROTATION_KINDS:
+        raise ValueError(f"rotation kind {kind!r} unknown; valid kinds are {list(ROTATION_KINDS)}")
+    lat = config.lattice
+    s = int(site) % 3
+    w, u = (s + 1) % 3, (s + 2) % 3
+    defects = place_defects(config, 0, 1, where=[int(site)], added_species=added_species)
+    initial = build_atoms(config, defects, lattice_constant_A, split_fraction=split_fraction, split_axis=w)
+    pair = np.flatnonzero(initial.arrays["halide_site"] == int(site))
+    own, added = int(pair[0]), int(pair[1])
+    centre = lat.positions_A(lattice_constant_A)[int(site)]
+    half = split_fraction * lattice_constant_A
+    final = initial.copy()
+    if kind == "rot90":
+        e = np.zeros(3)
+        e[u] = half
+        final.positions[own] = centre + e
+        final.positions[added] = centre - e
+    else:
+        final.positions[own] = initial.positions[added]
+        final.positions[added] = initial.positions[own]
+    sym = initial.get_chemical_symbols()
+    n_br = int(sym[own] == "Br") + int(sym[added] == "Br")
+    return initial, final, {"site": int(site), "kind": kind, "pair": [own, added], "n_br": n_br,
+                            "axis_from": w, "axis_to": u if kind == "rot90" else w}
+
+
+def run_rotation_neb(config: Configuration, site: int, kind: str, potential, lattice_constant_A: float,
+                     settings: NEBSettings | None = None, *, added_species: str = "same") -> dict:
+    """Relax both orientations and run a climbing-image NEB of a rotation in place (JSON-ready record).
+
+    The far field is held as in :func:`run_neb` (atoms beyond the free radius
+    of the site at their ideal positions); endpoints relax independently. The
+    band starts with the pair turning on a circle about the site (a quarter
+    turn for rot90, a half turn through the 90-degree orientation for a flip,
+    whose straight path would make the two atoms meet), so a flip is at least
+    a two-step path; the record says where the band's highest image lies. In a pure cell both endpoints are equivalent: ``dE`` is a check.
+    """
+    from dataclasses import replace  # noqa: PLC0415
+
+    from ase.constraints import FixAtoms  # noqa: PLC0415
+
+    s = settings or NEBSettings()
+    # a bridge turning between its neighbours starts far from the band's minimum: small steps keep the
+    # charge equilibration of ReaxFF-like potentials out of diverging images
+    s = replace(s, endpoints="independent", max_step_A=0.05 if s.max_step_A is None else s.max_step_A).validate()
+    pot, factory = _potential_factory(potential)
+    t0 = time.time()
+    ideal_i, ideal_f, info = rotation_endpoints(config, site, kind, lattice_constant_A, added_species=added_species)
+    centre = config.lattice.positions_A(lattice_constant_A)[int(site)]
+    L = np.diag(ideal_i.cell.array)
+    radius = None
+    fixed = np.zeros(len(ideal_i), dtype=bool)
+    if s.constraint != "none":
+        radius = s.free_radius_A if s.free_radius_A is not None else FREE_RADIUS_LATTICE * lattice_constant_A
+        fixed = np.linalg.norm(_mic(ideal_i.positions - centre, L), axis=1) > radius
+    initial, final = ideal_i.copy(), ideal_f.copy()
+    calc = factory()
+    try:
+        initial.set_constraint(FixAtoms(mask=fixed))
+        _, conv_i, _ = relax(initial, calc, s.endpoint_fmax_eV_A, s.endpoint_max_steps, s.optimizer)
+        final.set_constraint(FixAtoms(mask=fixed))
+        _, conv_f, _ = relax(final, calc, s.endpoint_fmax_eV_A, s.endpoint_max_steps, s.optimizer)
+    finally:
+        calc.close()
+    # start band: the pair turns on a circle about the site (rot90: a quarter, flip: a half turn through
+    # the 90-degree orientation), all other atoms interpolated linearly between the relaxed endpoints
+    own, added = info["pair"]
+    w, u = info["axis_from"], (int(site) % 3 + 2) % 3
+    n = int(s.n_images)
+    band = []
+    p_i, p_f = initial.positions, initial.positions + _mic(final.positions - initial.positions, L)
+    r = 0.5 * float(np.linalg.norm(_mic(p_i[own] - p_i[added], L)))
+    turn = 0.5 * np.pi if kind == "rot90" else np.pi
+    for m in range(1, n + 1):
+        f = m / (n + 1)
+        p = p_i + f * (p_f - p_i)
+        th = f * turn
+        v = np.zeros(3)
+        v[w] = r * np.cos(th)
+        v[u] = r * np.sin(th)
+        p[own] = centre + v
+        p[added] = centre - v
+        band.append(p)
+    res = neb_between(initial, final, factory, s, fixed=fixed, band=band)
+    e = res["energies_eV"]
+    top = float(e.max())
+    i_top = int(np.argmax(e))
+    # a band image far above both endpoints (the charge equilibration of a ReaxFF-like potential
+    # failing on a distorted image) is a diverged band, not a barrier
+    diverged = bool(not np.all(np.isfinite(e)) or top - max(float(e[0]), float(e[-1])) > DIVERGED_EV)
+    if diverged:
+        log.warning("rotation NEB %s on site %d diverged: an image lies %.1f eV above the endpoints",
+                    kind, int(site), top - max(float(e[0]), float(e[-1])))
+    # separation of the pair at the highest image
+    d = _mic(res["images"][i_top].positions[own] - res["images"][i_top].positions[added], L)
+    return {
+        "schema": "halide-kmc/rotation-neb", "schema_version": 1, "units": {"energy": "eV", "length": "A"},
+        "kind": kind, "site": int(site), "bridge": ("II", "IBr", "BrBr")[info["n_br"]], "n_br": info["n_br"],
+        "barrier_forward_eV": top - float(e[0]), "barrier_backward_eV": top - float(e[-1]),
+        "delta_E_eV": float(e[-1] - e[0]), "image_energies_eV": [float(v - e[0]) for v in e],
+        "image_path_A": res["path_A"], "highest_image": i_top, "pair_separation_at_top_A": d.tolist(),
+        "converged": bool(res["converged"]) and not diverged, "diverged": diverged,
+        "endpoints_converged": bool(conv_i and conv_f),
+        "n_steps": int(res["n_steps"]), "settings": s.to_dict(),
+        "provenance": {"potential": pot.describe(), "lattice_constant_A": float(lattice_constant_A),
+                       "configuration": config.describe(), "cell_shape": list(config.lattice.shape),
+                       "free_radius_A": radius, "n_free_atoms": int((~fixed).sum()), "n_atoms": len(ideal_i),
+                       "wall_s": time.time() - t0},
+    }
 
 
 def path_energies(images, potential) -> np.ndarray:

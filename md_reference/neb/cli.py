@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from common.atomic import write_text_atomic
 
 RECORDS_SCHEMA = "halide-kmc/neb-records"
@@ -54,6 +56,9 @@ def add_neb_parser(rates_sub) -> None:
     h.add_argument("--added-species", default="same", choices=["same", "I", "Br"],
                    help="interstitial: halide added to the site's own atom")
     h.add_argument("--hops", type=int, default=4, help="number of sampled hops")
+    h.add_argument("--rotation", choices=["rot90", "flip"],
+                   help="interstitial: the barrier of a bridge rotation in place (90 degrees or a flip) on "
+                        "--hops sampled sites, instead of kick-outs")
     h.add_argument("--seed", type=int, default=0, help="seed of the hop sampling")
     n = p.add_argument_group("NEB")
     n.add_argument("--potential", help="KIND:PATH (e.g. reaxff:/path/IBrPbCs.ff) or a JSON potential spec")
@@ -150,9 +155,49 @@ def cmd_neb_validate(args) -> int:
     return 0
 
 
+def cmd_neb_rotation(args) -> int:
+    """``kmc rates neb --defect interstitial --rotation rot90|flip``: rotation barriers on sampled sites."""
+    from md_reference.md.potentials import load_potential  # noqa: PLC0415
+    from md_reference.md.runner import md_provenance  # noqa: PLC0415
+    from md_reference.md.structures import resolve_lattice_constant  # noqa: PLC0415
+    from md_reference.neb.band import candidate_defect_sites, run_rotation_neb  # noqa: PLC0415
+
+    if args.defect != "interstitial":
+        raise ValueError("--rotation needs --defect interstitial")
+    spec = _potential_spec(args.potential)
+    pot = load_potential(spec)
+    settings = _settings(args)
+    config = _config(args)
+    lc = args.lattice_constant
+    a = resolve_lattice_constant(config, None if lc == "vegard" else lc, args.a_I, args.a_Br)
+    cand = candidate_defect_sites(config, _where(args.where), args.near_planes)
+    rng = np.random.default_rng(args.seed)
+    sites = rng.choice(cand, size=min(int(args.hops), cand.size), replace=False)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    for site in sites:
+        records.append(run_rotation_neb(config, int(site), args.rotation, spec, a, settings,
+                                        added_species=args.added_species))
+        write_text_atomic(out, json.dumps({"schema": "halide-kmc/rotation-neb-records", "schema_version": 1,
+                                           "units": {"energy": "eV", "length": "A"},
+                                           "configuration": config.describe(), "lattice_constant_A": a,
+                                           "potential": pot.describe(), "versions": md_provenance(),
+                                           "records": records}, indent=1))
+    print(f"{'site':>6} {'bridge':>6} {'kind':>6} {'E_fwd (eV)':>11} {'E_bwd (eV)':>11} {'dE':>8} status")
+    for r in records:
+        status = "diverged (not a barrier)" if r["diverged"] else ("converged" if r["converged"] else "not converged")
+        print(f"{r['site']:>6} {r['bridge']:>6} {r['kind']:>6} {r['barrier_forward_eV']:>11.4f} "
+              f"{r['barrier_backward_eV']:>11.4f} {r['delta_E_eV']:>8.4f} {status}")
+    print(f"\nwrote {out}")
+    return 0 if all(r["converged"] for r in records) else 1
+
+
 def cmd_neb(args) -> int:
     if args.validate:
         return cmd_neb_validate(args)
+    if getattr(args, "rotation", None):
+        return cmd_neb_rotation(args)
     from md_reference.md.potentials import load_potential  # noqa: PLC0415
     from md_reference.md.runner import md_provenance  # noqa: PLC0415
     from md_reference.md.structures import resolve_lattice_constant  # noqa: PLC0415
