@@ -66,6 +66,7 @@ from lattice.sublattice import (
     REGION_OFFSETS,
 )
 from lattice.orientation import ALIGNED, LANDING, ROTATED, ROTATION_CLASS_BASE
+from lattice.cluster_expansion import delta_energy_ce
 from rates.ratelaw import delta_energy_kickout, delta_energy_vacancy, hop_rate
 
 # status codes returned by run_events
@@ -376,8 +377,19 @@ def _rotation_rates(d, kind, s0, s1, ori, rates, classes, rot_rate, err):
     return (r90 + r90) + rf
 
 
+@njit(cache=True)
+def _ce_channel(occ, dims, x, y, z, s, k, site_a, a_new, b_new, ce):
+    """Cluster-expansion energy change of the hop from A (x, y, z; type s) to its neighbour slot k."""
+    xb = wrap(x + _OFF[s, k, 0], 2 * dims[0])
+    yb = wrap(y + _OFF[s, k, 1], 2 * dims[1])
+    zb = wrap(z + _OFF[s, k, 2], 2 * dims[2])
+    sb = _TYP[s, k]
+    site_b = site_of(xb, yb, zb, sb, dims)
+    return delta_energy_ce(occ, dims, x, y, z, s, xb, yb, zb, sb, site_a, site_b, a_new, b_new, ce)
+
+
 @njit(cache=True, inline="always")
-def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_kra, prefactor, J, e_bridge,
+def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_kra, prefactor, J, e_bridge, ce,
                 rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
     """The 20 channel rates of the defect ``d`` at (x, y, z), type ``s``; return their sum.
 
@@ -401,6 +413,10 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
     ``e_bridge`` or ``beta`` change (run_events builds a fresh one per call).
     """
     _gather_patch(pb, occ, dims, x, y, z, s, pdelta, cs)
+    ce_on = ce[0][0] + ce[0][1] + ce[0][2] > 0
+    if ce_on:
+        use_cache = False  # the CE reaches beyond the counts the cache key holds
+        site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
     cnt_all = 0
     for m in range(1, 9):
         cnt_all += pb[m]
@@ -435,6 +451,8 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
                 for t in range(4):
                     dj = J[st, t] - J[VACANCY, t]
                     de += (((ca >> (t << 2)) & 15) - ((cb >> (t << 2)) & 15)) * dj
+                if ce_on:
+                    de += _ce_channel(occ, dims, x, y, z, s, k, site_a, st, VACANCY, ce)
                 r = hop_rate(cls, de, beta, e_kra, prefactor)
                 if r != r:
                     err[0] = cls
@@ -476,6 +494,8 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
                             ((cb >> (t << 2)) & 15) * (J[BRIDGE, t] - J[st, t])
                     de += J[rem, BRIDGE] - J[BRIDGE, st]
                     de += e_bridge[mover + st] - e_bridge[mover + rem]
+                    if ce_on:
+                        de += _ce_channel(occ, dims, x, y, z, s, k, site_a, rem, BRIDGE, ce)
                     r = hop_rate(cls, de, beta, e_kra, prefactor)
                     if r != r:
                         err[0] = cls
@@ -493,16 +513,16 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
 
 @njit(cache=True)
 def _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra, prefactor,
-                          J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
+                          J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval):
     """:func:`defect_rates` with caller-provided scratch (``pb``, ``cs``) and patch deltas."""
     return _rates_core(d, def_xyz[d, 0], def_xyz[d, 1], def_xyz[d, 2], def_s[d], def_kind[d],
                        int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ, dims, rates, classes, e_kra,
-                       prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval)
+                       prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta, use_cache, ckey, cval)
 
 
 @njit(cache=True)
 def defect_rates(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra, prefactor,
-                 J, e_bridge, rot_rate, beta, cA, cB, err):
+                 J, e_bridge, ce, rot_rate, beta, cA, cB, err):
     """Recompute the 20 channel rates of defect ``d``; return their sum.
 
     Channels: ``slot * 8 + k`` with ``k`` the neighbour slot of the destination
@@ -521,18 +541,20 @@ def defect_rates(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, 
     ckey = np.zeros(1, dtype=np.int64)
     cval = np.zeros(1, dtype=np.float64)
     return _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra,
-                                 prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, _patch_deltas(dims), False,
+                                 prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, _patch_deltas(dims), False,
                                  ckey, cval)
 
 
 @njit(cache=True)
 def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, e_kra,
-                            prefactor, J, e_bridge, rot_rate, beta, cA, cB, err):
+                            prefactor, J, e_bridge, ce, rot_rate, beta, cA, cB, err):
     """Direct implementation with :func:`lattice.environment.hop_counts` (for cross-checks)."""
     x = def_xyz[d, 0]
     y = def_xyz[d, 1]
     z = def_xyz[d, 2]
     s = def_s[d]
+    ce_on = ce[0][0] + ce[0][1] + ce[0][2] > 0
+    site_a = site_of(x, y, z, s, dims)
     total = 0.0
     if def_kind[d] == KIND_VACANCY:
         for k in range(8):
@@ -545,7 +567,10 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_
                 continue
             shell = hop_counts(occ, dims, x, y, z, s, k, cA, cB)
             cls = vacancy_class(st, shell)
-            r = hop_rate(cls, delta_energy_vacancy(cA, cB, st, J), beta, e_kra, prefactor)
+            de = delta_energy_vacancy(cA, cB, st, J)
+            if ce_on:
+                de += _ce_channel(occ, dims, x, y, z, s, k, site_a, st, VACANCY, ce)
+            r = hop_rate(cls, de, beta, e_kra, prefactor)
             if r != r:
                 err[0] = cls
                 return math.nan
@@ -576,7 +601,10 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_
             else:
                 pair = (1 if rem == I else 0) + (1 if st == I else 0)
                 cls = interstitial_class(mover, pair, shell)
-                r = hop_rate(cls, delta_energy_kickout(cA, cB, mover, rem, st, J, e_bridge), beta, e_kra, prefactor)
+                de = delta_energy_kickout(cA, cB, mover, rem, st, J, e_bridge)
+                if ce_on:
+                    de += _ce_channel(occ, dims, x, y, z, s, k, site_a, rem, BRIDGE, ce)
+                r = hop_rate(cls, de, beta, e_kra, prefactor)
                 r_prev = r
                 cls_prev = cls
             if ori >= 0 and _ALN[s, ori, slot, k] == 0:
@@ -625,7 +653,7 @@ def _in_box(x, y, z, box):
 
 @njit(cache=True)
 def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes, tree, n_leaves,
-               e_kra, prefactor, J, e_bridge, rot_rate, beta, err):
+               e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err):
     """Fill every defect's rates and the sum tree from scratch. Returns False on a missing class."""
     pb = np.zeros(_PATCH_SIZE, dtype=np.int64)
     cs = np.zeros(_CS_LEN, dtype=np.int64)
@@ -635,7 +663,7 @@ def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, class
     tree[:] = 0.0
     for d in range(def_kind.shape[0]):
         tot = _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes,
-                                    e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, False,
+                                    e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta, False,
                                     ckey, cval)
         if tot != tot:
             return False
@@ -650,7 +678,7 @@ def _run_events_impl(
     occ, disp, dims,
     def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
     rates, classes, tree, n_leaves, stamp,
-    e_kra, prefactor, J, e_bridge, rot_rate, beta,
+    e_kra, prefactor, J, e_bridge, ce, rot_rate, beta,
     axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
     log_time, log_def, log_from, log_to, log_cls, log_slot,
     t, t_stop, max_events, ubuf, upos, counters, err,
@@ -658,6 +686,14 @@ def _run_events_impl(
 ):
     """Body of :func:`run_events` (scratch arrays allocated by the caller; no reference counting)."""
     n_def = def_kind.shape[0]
+    ce_cells = 0
+    if ce[0][0] + ce[0][1] + ce[0][2] > 0:
+        # a defect depends on the sites within max(reach + 1, 2) (doubled, per axis) of it; A and B
+        # are within 1 of each other
+        dep = ce[6][0] + 1
+        if dep < 2:
+            dep = 2
+        ce_cells = (dep + 2) // 2
     n2x = 2 * dims[0]
     n2y = 2 * dims[1]
     n2z = 2 * dims[2]
@@ -706,7 +742,7 @@ def _run_events_impl(
             stamp[d] = counters[C_EVENTS]
             tot = _rates_core(d, def_xyz[d, 0], def_xyz[d, 1], def_xyz[d, 2], def_s[d], def_kind[d],
                               int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ, dims, rates, classes,
-                              e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta, True, ckey, cval)
+                              e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta, True, ckey, cval)
             if tot != tot:
                 return STOP_MISSING_RATE, t, upos
             tree_set(tree, n_leaves, d, tot)
@@ -837,12 +873,40 @@ def _run_events_impl(
         stamp_now = counters[C_EVENTS]
         stamp[d] = stamp_now
         tot = _rates_core(d, xb, yb, zb, sb, def_kind[d], int(def_sp[d, 0]), int(def_sp[d, 1]), int(def_or[d]), occ,
-                          dims, rates, classes, e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta,
+                          dims, rates, classes, e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta,
                           True, ckey, cval)
         if tot != tot:
             return STOP_MISSING_RATE, t, upos
         tree_set(tree, n_leaves, d, tot)
-        if n_def > 1:
+        if n_def > 1 and ce_cells > 0:
+            # cluster expansion: every defect whose clusters or hop paths can reach A or B, by a
+            # scan of the cells within ce_cells of A's cell (a defect seen twice on a small
+            # periodic lattice is recomputed once)
+            ci = x >> 1
+            cj = y >> 1
+            ck = z >> 1
+            for oi in range(-ce_cells, ce_cells + 1):
+                ii = (ci + oi) % dims[0]
+                for oj in range(-ce_cells, ce_cells + 1):
+                    jj = (cj + oj) % dims[1]
+                    for ok in range(-ce_cells, ce_cells + 1):
+                        kk = (ck + ok) % dims[2]
+                        base = ((ii * dims[1] + jj) * dims[2] + kk) * 3
+                        for tt in range(3):
+                            if occ[base + tt] < VACANCY:
+                                continue
+                            e = disp[base + tt, 0]
+                            if stamp[e] == stamp_now:
+                                continue
+                            stamp[e] = stamp_now
+                            tot = _rates_core(e, def_xyz[e, 0], def_xyz[e, 1], def_xyz[e, 2], def_s[e], def_kind[e],
+                                              int(def_sp[e, 0]), int(def_sp[e, 1]), int(def_or[e]), occ, dims, rates,
+                                              classes, e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs,
+                                              pdelta, True, ckey, cval)
+                            if tot != tot:
+                                return STOP_MISSING_RATE, t, upos
+                            tree_set(tree, n_leaves, e, tot)
+        elif n_def > 1:
             near = pb[0] >= 256  # a vacancy (256) or a bridge (4096) in the patch of B
             if not near:
                 if _inside(x, y, z, dims, _PATCH_R):
@@ -865,7 +929,7 @@ def _run_events_impl(
                     stamp[e] = stamp_now
                     tot = _rates_core(e, def_xyz[e, 0], def_xyz[e, 1], def_xyz[e, 2], def_s[e], def_kind[e],
                                       int(def_sp[e, 0]), int(def_sp[e, 1]), int(def_or[e]), occ, dims, rates,
-                                      classes, e_kra, prefactor, J, e_bridge, rot_rate, beta, err, pb, cs, pdelta,
+                                      classes, e_kra, prefactor, J, e_bridge, ce, rot_rate, beta, err, pb, cs, pdelta,
                                       True, ckey, cval)
                     if tot != tot:
                         return STOP_MISSING_RATE, t, upos
@@ -904,7 +968,7 @@ def run_events(
     def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
     rates, classes, tree, n_leaves, stamp,
     # catalog
-    e_kra, prefactor, J, e_bridge, rot_rate, beta,
+    e_kra, prefactor, J, e_bridge, ce, rot_rate, beta,
     # observables
     axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
     # event log
@@ -935,7 +999,7 @@ def run_events(
         occ, disp, dims,
         def_kind, def_site, def_xyz, def_s, def_sp, def_adisp, def_disp, def_tenter, def_or,
         rates, classes, tree, n_leaves, stamp,
-        e_kra, prefactor, J, e_bridge, rot_rate, beta,
+        e_kra, prefactor, J, e_bridge, ce, rot_rate, beta,
         axis, msd, plane_count, occ_time, use_box, box, in_box, hop_count, rot_count,
         log_time, log_def, log_from, log_to, log_cls, log_slot,
         t, t_stop, max_events, ubuf, upos, counters, err,

@@ -380,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--name", help="catalog name (default md-mle-<mode>)")
     fit.add_argument("--description", help="catalog description")
     fit.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    from rates.ce_fit import add_ce_fit_parser  # argparse only; icet/trainstation load on use
+
+    add_ce_fit_parser(rsub)
+    from md_reference.ce_data import add_ce_data_parser  # argparse only; ASE/LAMMPS load on use
+
+    add_ce_data_parser(rsub)
     from md_reference.cli import add_md_parser  # argparse only; the MD stack loads on use
 
     add_md_parser(sub)

@@ -9,7 +9,8 @@ kernel's bookkeeping tricks:
 * every event recomputes **every** channel of every defect from scratch;
 * the hop class comes from :func:`lattice.environment.classify_hop` (the single
   definition of the environment) and the energy change from the **global**
-  energy :func:`rates.ratelaw.total_energy` evaluated before and after the hop
+  energy :func:`rates.ratelaw.total_energy` (plus the cluster expansion's
+  :func:`lattice.cluster_expansion.total_energy_ce`) evaluated before and after the hop
   on a copy of the configuration (no local delta-energy formulas);
 * event selection uses ``np.cumsum`` + ``np.searchsorted`` over the flat list
   of all channels instead of a sum tree.
@@ -55,6 +56,7 @@ import math
 
 import numpy as np
 
+from lattice.cluster_expansion import kernel_tables, total_energy_ce
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from lattice.environment import classify_hop
@@ -124,6 +126,7 @@ class ReferenceKMC:
         self.prefactor = np.array(catalog.prefactor_Hz, dtype=np.float64)
         self.J = np.array(catalog.pair_eV, dtype=np.float64)
         self.e_bridge = np.array(catalog.bridge_eV, dtype=np.float64)
+        self.ce_tables = kernel_tables(catalog.cluster_expansion)
         self.beta = 1.0 / (K_B_EV * float(temperature_K))
         self.oriented = bool(catalog.oriented)
         self.rot_rates = np.asarray(catalog.rotation_rates_Hz(temperature_K), dtype=np.float64)
@@ -194,9 +197,10 @@ class ReferenceKMC:
         return (self.atom_species[atoms[inter]] == BR).sum(axis=1).astype(np.int64)
 
     def energy(self, occ: np.ndarray | None = None, def_atoms: np.ndarray | None = None) -> float:
-        """Global configurational energy (eV) by brute force over all bonds."""
+        """Global configurational energy (eV) by brute force over all bonds and all CE clusters."""
         occ = self.occ if occ is None else occ
-        return total_energy(occ, self.nbr, self.bridge_n_br(def_atoms), self.J, self.e_bridge)
+        return (total_energy(occ, self.nbr, self.bridge_n_br(def_atoms), self.J, self.e_bridge)
+                + total_energy_ce(occ, self.dims, self.ce_tables))
 
     def species_totals(self) -> np.ndarray:
         """(2,) int64: number of I and Br atoms in the atom table."""

@@ -284,6 +284,8 @@ def run_job(cfg: RunConfig, t_index: int, replica: int, resume: bool = False, pr
 
     config, defects, ss_kmc = build_inputs(cfg, t_index, replica)
     warnings = catalog.check_temperature(T)
+    if catalog.cluster_expansion is not None:
+        warnings += catalog.cluster_expansion.check_composition(float(config.x_I))
     for w in warnings:
         log.warning("%s: %s", name, w)
     sim = Simulation(config, defects, catalog, T, ss_kmc, event_log=cfg.run.event_log)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from kmc import _kernels as K
+from lattice.cluster_expansion import kernel_tables
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from lattice.environment import N_CLASSES
@@ -144,6 +145,11 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         raise ValueError("a KMC run needs at least one defect (vacancies + interstitials = 0)")
     if n > np.iinfo(np.int32).max:
         raise ValueError("too many defects")
+    if catalog.cluster_expansion is not None:
+        reach = int(kernel_tables(catalog.cluster_expansion).reach[0])
+        if min(lat.dims) <= reach:
+            raise ValueError(f"lattice.shape {list(lat.dims)} is too small for the catalog's cluster expansion "
+                             f"(clusters span {reach} half-cells; every axis needs more than {reach} cells)")
     xyz = lat.coords(defects.sites).reshape(n, 3).astype(np.int64)
     def_s = (defects.sites % 3).astype(np.int64)
     def_or = np.full(n, NO_ORIENTATION, dtype=np.int8)
@@ -218,6 +224,7 @@ class RateParams:
     prefactor: np.ndarray
     J: np.ndarray
     e_bridge: np.ndarray
+    ce: tuple
     rot_rate: np.ndarray
     beta: float
     catalog_name: str
@@ -231,6 +238,7 @@ class RateParams:
             prefactor=np.ascontiguousarray(catalog.prefactor_Hz, dtype=np.float64),
             J=np.ascontiguousarray(catalog.pair_eV, dtype=np.float64),
             e_bridge=np.ascontiguousarray(catalog.bridge_eV, dtype=np.float64),
+            ce=kernel_tables(catalog.cluster_expansion).as_tuple(),
             rot_rate=np.ascontiguousarray(catalog.rotation_rates_Hz(temperature_K), dtype=np.float64),
             beta=1.0 / (K_B_EV * float(temperature_K)),
             catalog_name=catalog.name,
@@ -241,7 +249,7 @@ def fill_rates(state: EngineState, params: RateParams) -> None:
     """Compute every rate and the sum tree from scratch (raises on a missing class)."""
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
                       state.def_or, state.rates, state.classes, state.tree, state.n_leaves, params.e_kra,
-                      params.prefactor, params.J, params.e_bridge, params.rot_rate, params.beta, state.err)
+                      params.prefactor, params.J, params.e_bridge, params.ce, params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
 
@@ -253,7 +261,7 @@ def rate_drift(state: EngineState, params: RateParams) -> float:
     tree = np.zeros_like(state.tree)
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
                       state.def_or, rates, classes, tree, state.n_leaves, params.e_kra, params.prefactor, params.J,
-                      params.e_bridge, params.rot_rate, params.beta, state.err)
+                      params.e_bridge, params.ce, params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
     if not np.array_equal(classes, state.classes):

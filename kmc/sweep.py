@@ -165,7 +165,7 @@ def _run_task(cfg_dict: dict) -> dict:
     return run_all(cfg, resume=True, progress=False)
 
 
-def _client(workers: int, scheduler: str | None):
+def _client(workers: int, scheduler: str | None, in_process: bool = False):
     try:
         from dask.distributed import Client, LocalCluster  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover
@@ -176,13 +176,18 @@ def _client(workers: int, scheduler: str | None):
             return Client(scheduler, timeout="5s"), None
         except (OSError, TimeoutError) as exc:
             raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler!r} ({type(exc).__name__}: {exc})") from None
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.WARNING)
+    # default: one single-threaded process per worker (the kernels hold the GIL; a killed worker's task
+    # reruns from its checkpoint). in_process: one worker thread in this process, no process start and
+    # the kernels' JIT already loaded, but a crash of a task takes the sweep with it.
+    if in_process and int(workers) != 1:
+        raise ValueError("--in-process runs exactly one worker; drop --workers or set it to 1")
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=not in_process,
+                           dashboard_address=None if in_process else ":0", silence_logs=logging.WARNING)
     return Client(cluster), cluster
 
 
 def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, in_process: bool = False) -> dict:
     """Run every task of a sweep that is not finished; write the tidy table and plots."""
     sw = load_sweep(path)
     out = Path(sw["directory"])
@@ -197,9 +202,11 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
                              "tasks": [{"hash": t["hash"], "point": t["point"]} for t in sw["tasks"]]})
     todo = [t for t in sw["tasks"] if not (Path(t["config"].output.directory) / "summary.json").is_file()]
     t0 = time.perf_counter()
+    timing = {"cluster_s": 0.0, "tasks_s": 0.0, "table_and_plots_s": 0.0}
     summaries = {}
     if todo:
-        client, cluster = _client(workers, scheduler)
+        client, cluster = _client(workers, scheduler, in_process)
+        timing["cluster_s"] = time.perf_counter() - t0
         try:
             from dask.distributed import as_completed  # noqa: PLC0415
             from tqdm import tqdm  # noqa: PLC0415
@@ -212,10 +219,12 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
                 summaries[futs[f]] = f.result()
                 bar.update(1)
             bar.close()
+            timing["tasks_s"] = time.perf_counter() - t0 - timing["cluster_s"]
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+    t_table = time.perf_counter()
     for t in sw["tasks"]:
         if t["hash"] not in summaries:
             summaries[t["hash"]] = json.loads((Path(t["config"].output.directory) / "summary.json").read_text())
@@ -228,8 +237,9 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
         plot_profiles_and_mixing(sw, summaries, out / "plots")
     except Exception as exc:  # noqa: BLE001 - the table must survive a plotting problem
         log.warning("plots failed: %s", exc)
+    timing["table_and_plots_s"] = time.perf_counter() - t_table
     return {"rows": rows, "n_tasks": len(sw["tasks"]), "n_run": len(todo), "wall_s": time.perf_counter() - t0,
-            "directory": str(out)}
+            "directory": str(out), "timing": timing}
 
 
 def _plane_free_energy(entry: dict, cfg: RunConfig) -> np.ndarray | None:
@@ -382,6 +392,8 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("sweep", help="sweep file (TOML)")
     p.add_argument("--workers", type=int, default=1, help="LocalCluster worker processes (one thread each)")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (e.g. from dask-jobqueue)")
+    p.add_argument("--in-process", action="store_true",
+                   help="one worker thread in this process: no worker start-up, but no isolation (a crash ends the sweep)")
     p.add_argument("--force", action="store_true", help="use a sweep directory made from another base config")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="list the tasks and exit")
@@ -396,7 +408,7 @@ def cmd_sweep(args) -> int:
         print(f"{len(sw['tasks'])} tasks in {sw['directory']}")
         return 0
     res = run_sweep(args.sweep, workers=args.workers, scheduler=args.scheduler, force=args.force,
-                    progress=not args.quiet)
+                    progress=not args.quiet, in_process=args.in_process)
     print(f"{res['n_tasks']} tasks ({res['n_run']} run now, {res['wall_s']:.1f} s); "
           f"wrote {res['directory']}/results.csv, results.json and plots/")
     return 0

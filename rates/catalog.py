@@ -1,4 +1,13 @@
-"""Rate catalog, format versions 1 and 2.
+"""Rate catalog, format versions 1, 2 and 3.
+
+Version 3 is version 2 plus a cluster-expansion energy model
+(:mod:`lattice.cluster_expansion`), added to the pair/bridge energies::
+
+      "cluster_expansion": {"lattice": "...", "cutoffs_a": [1.3, 1.01], "fingerprint": "...",
+                            "orbits": [{"index": 0, "order": 1, "eci_eV": ...}, ...],
+                            "defect_terms": {"vacancy": [...], "interstitial": [...]}, ...}
+
+A catalog without one is written as version 2 (or 1), as before.
 
 Version 2 is version 1 plus the interstitial model (:mod:`lattice.orientation`)::
 
@@ -57,6 +66,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import read_text_file, write_text_atomic
+from lattice.cluster_expansion import ClusterExpansion, ClusterExpansionError
 from lattice.environment import (
     DESCRIPTOR_NAME,
     DESCRIPTOR_VERSION,
@@ -75,9 +85,9 @@ from lattice.orientation import (
 from lattice.species import BRIDGE_NAMES, HALIDES, N_STATES, STATE_NAMES, bridge_code
 
 FORMAT_NAME = "halide-kmc-rate-catalog"
-SCHEMA_VERSION = 2
-"""Newest version written; an orientation-free catalog is still written as version 1."""
-SUPPORTED_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+"""Newest version written (with a cluster expansion); otherwise 2 (oriented) or 1 (orientation-free)."""
+SUPPORTED_VERSIONS = (1, 2, 3)
 RATE_LAW_NAME = "kra-detailed-balance"
 RATE_LAW_EXPRESSION = (
     "rate = prefactor_Hz * exp(-E_a / (k_B T)), E_a = max(E_KRA(class) + dE/2, dE, 0), "
@@ -168,6 +178,7 @@ class RateCatalog:
     rotation_prefactor_Hz: np.ndarray = field(default_factory=_nan6)
     rotation_prefactor_err_Hz: np.ndarray = field(default_factory=_nan6)
     rotation_source: list = field(default_factory=lambda: [""] * N_ROTATION_CLASSES)
+    cluster_expansion: ClusterExpansion | None = None
 
     # -- queries
     @property
@@ -255,7 +266,7 @@ class RateCatalog:
         ]
         out = {
             "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION if self.oriented else 1,
+            "schema_version": 3 if self.cluster_expansion is not None else (2 if self.oriented else 1),
             "name": self.name,
             "description": self.description,
             "descriptor": {"name": DESCRIPTOR_NAME, "version": DESCRIPTOR_VERSION, "n_classes": N_CLASSES},
@@ -269,7 +280,7 @@ class RateCatalog:
             "assumptions": list(self.assumptions),
             "provenance": copy.deepcopy(self.provenance),
         }
-        if self.oriented:
+        if self.oriented or self.cluster_expansion is not None:
             out["interstitial_model"] = self.interstitial_model
             out["rotations"] = [
                 {"id": rotation_class(kind, nb), "label": rotation_label(rotation_class(kind, nb)),
@@ -281,6 +292,8 @@ class RateCatalog:
                  "source": self.rotation_source[kind * 3 + nb]}
                 for kind in range(2) for nb in range(3) if not math.isnan(self.rotation_E_eV[kind * 3 + nb])
             ]
+        if self.cluster_expansion is not None:
+            out["cluster_expansion"] = self.cluster_expansion.to_dict()
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -485,6 +498,14 @@ def _parse(data: dict, origin: str) -> RateCatalog:
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{origin}: field 'name' must be a non-empty string")
     model, rot = _parse_rotations(data, ver, origin)
+    ce = None
+    if "cluster_expansion" in data:
+        if ver < 3:
+            raise CatalogError(f"{origin}: field 'cluster_expansion' needs schema_version 3")
+        try:
+            ce = ClusterExpansion.from_dict(data["cluster_expansion"], "cluster_expansion")
+        except ClusterExpansionError as exc:
+            raise CatalogError(f"{origin}: {exc}") from None
     return RateCatalog(
         name=name,
         E_KRA_eV=e_kra,
@@ -505,6 +526,7 @@ def _parse(data: dict, origin: str) -> RateCatalog:
         assumptions=list(data.get("assumptions", [])),
         provenance=dict(data.get("provenance", {})),
         interstitial_model=model,
+        cluster_expansion=ce,
         **rot,
     )
 

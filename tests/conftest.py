@@ -37,7 +37,7 @@ def _run_kernel(state, params, ubuf, upos=0, t=0.0, t_stop=math.inf, max_events=
         state.occ, state.disp, state.dims,
         state.def_kind, state.def_site, state.def_xyz, state.def_s, state.def_sp, state.def_adisp,
         state.def_disp, state.def_tenter, state.def_or, state.rates, state.classes, state.tree, state.n_leaves,
-        state.stamp, params.e_kra, params.prefactor, params.J, params.e_bridge, params.rot_rate, params.beta,
+        state.stamp, params.e_kra, params.prefactor, params.J, params.e_bridge, params.ce, params.rot_rate, params.beta,
         state.axis, state.msd, state.plane_count, state.occ_time, state.use_box, state.box, state.in_box,
         state.hop_count, state.rot_count,
         log_time, log_def, log_from, log_to, log_cls, log_slot,

@@ -8,7 +8,10 @@ orientations, rotation rates with missing classes); compared bitwise.
 import numpy as np
 
 from kmc import _kernels as K
+from lattice.cluster_expansion import empty_tables
 from lattice.sublattice import HalideSublattice
+
+CE0 = empty_tables().as_tuple()
 
 
 def test_patch_rates_equal_direct_definition():
@@ -52,10 +55,10 @@ def test_patch_rates_equal_direct_definition():
             c1 = np.full((nd, K.N_CHANNELS), 77, np.int64)
             e1 = np.zeros(1, np.int64)
             r2, c2, e2 = r1.copy(), c1.copy(), e1.copy()
-            t1 = K.defect_rates(d, occ, lat.dims, kind, xyz, s, sp, ori, r1, c1, e_kra, pref, J, eb, rot, beta,
+            t1 = K.defect_rates(d, occ, lat.dims, kind, xyz, s, sp, ori, r1, c1, e_kra, pref, J, eb, CE0, rot, beta,
                                 cA, cB, e1)
             t2 = K._defect_rates_reference(d, occ, lat.dims, kind, xyz, s, sp, ori, r2, c2, e_kra, pref, J, eb,
-                                           rot, beta, cA, cB, e2)
+                                           CE0, rot, beta, cA, cB, e2)
             assert (t1 == t2) or (t1 != t1 and t2 != t2), (trial, shape, d)
             np.testing.assert_array_equal(r1, r2)
             np.testing.assert_array_equal(c1, c2)
