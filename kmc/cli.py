@@ -21,6 +21,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from kmc.config import ConfigError, default_config_text, load_config
 from kmc.errors import Interrupted
 from rates.catalog import CatalogError, MissingRateError, load_catalog
@@ -145,6 +147,23 @@ def cmd_rates_show(args) -> int:
             print(f"     {rotation_label(rotation_class(i // 3, i % 3)):<22} {cat.rotation_E_eV[i]:12.4f} "
                   f"{'' if math.isnan(err) else f'{err:7.3f}':>7} {cat.rotation_prefactor_Hz[i]:15.3e}  "
                   f"{cat.rotation_source[i]}")
+    ce = cat.cluster_expansion
+    if ce is not None:
+        fit = ce.fit or {}
+        print(f"\ncluster expansion: cutoffs {list(ce.cutoffs_a)} a, {len(ce.orbits)} orbits, "
+              f"{len(ce.local_orbits)} local orbits per defect, fitted x_I range {list(ce.x_I_range)}"
+              + (f", {fit.get('method')} on {fit.get('n_cells')} cells" if fit else ""))
+        for g, r in (fit.get("groups") or {}).items():
+            print(f"  CV RMSE {g}: {r['cv_rmse_meV_per_site']:.2f} meV/site")
+        print(f"  {'orbit':>5} {'order':>5} {'r/a':>6} {'mult':>4} {'ECI (meV)':>10} {'err':>7}")
+        for i, o in enumerate(ce.orbits):
+            err = np.nan if ce.host_err_eV is None else ce.host_err_eV[i]
+            print(f"  {o.index:5d} {o.order:5d} {o.radius_a:6.3f} {o.multiplicity:4d} {1e3 * ce.host_eci_eV[i]:10.3f} "
+                  f"{'' if not np.isfinite(err) else f'{1e3 * err:7.3f}':>7}")
+        print(f"  {'local':>5} {'orbit':>5} {'sites':>5} {'vacancy (meV)':>14} {'interstitial (meV)':>19}")
+        for j, lo in enumerate(ce.local_orbits):
+            print(f"  {j:5d} {lo[0]:5d} {len(lo[1]):5d} {1e3 * ce.defect_eV['vacancy'][j]:14.3f} "
+                  f"{1e3 * ce.defect_eV['interstitial'][j]:19.3f}")
     if args.json:
         print(json.dumps(cat.to_dict(), indent=1))
     return 0
@@ -380,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--name", help="catalog name (default md-mle-<mode>)")
     fit.add_argument("--description", help="catalog description")
     fit.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    from rates.ce_fit import add_ce_fit_parser  # argparse only; icet/trainstation load on use
+    from rates.ce_fit import add_ce_fit_parser, add_ce_report_parser  # argparse only; icet loads on use
 
     add_ce_fit_parser(rsub)
+    add_ce_report_parser(rsub)
     from md_reference.ce_data import add_ce_data_parser  # argparse only; ASE/LAMMPS load on use
 
     add_ce_data_parser(rsub)

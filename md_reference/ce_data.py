@@ -40,7 +40,8 @@ DEFAULT_POTENTIAL = "reaxff:../shared/potentials/reaxff/IBrPbCs.ff"
 
 
 def plan(shape=(3, 3, 3), x_grid=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0), seeds=3,
-         defect_x=(0.25, 0.5, 0.75), defect_sites=3, het_shape=(6, 3, 3), het_planes_step=1, seed=0) -> list[dict]:
+         defect_x=(0.25, 0.5, 0.75), defect_sites=3, het_shape=(6, 3, 3), het_planes_step=1, het_sites_per_plane=1,
+         defect_seeds=2, seed=0) -> list[dict]:
     """The cells to compute, hosts first; each a dict with ``id``, ``host`` and optional ``defect``."""
     rng = np.random.default_rng(seed)
     tasks = []
@@ -58,13 +59,14 @@ def plan(shape=(3, 3, 3), x_grid=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.8
         cfg = _host_config(h["host"])
         lat = cfg.lattice
         if h["host"]["kind"] == "mix":
-            if h["host"]["x_I"] not in defect_x or h["host"]["seed"] > 1:
+            if h["host"]["x_I"] not in defect_x or h["host"]["seed"] >= defect_seeds:
                 continue
             sites = rng.choice(lat.n_sites, defect_sites, replace=False)
         else:
             # one site per halide plane along x (both PbX2 and CsX planes), through both interfaces
             planes = lat.plane_index(0)
-            sites = [int(rng.choice(np.flatnonzero(planes == p))) for p in range(0, lat.n_planes(0), het_planes_step)]
+            sites = [int(v) for p in range(0, lat.n_planes(0), het_planes_step)
+                     for v in rng.choice(np.flatnonzero(planes == p), het_sites_per_plane, replace=False)]
         for kind in ("vacancy", "interstitial"):
             for site in sites:
                 d = {"kind": kind, "site": int(site)}
@@ -205,6 +207,10 @@ def add_ce_data_parser(rsub) -> None:
     p.add_argument("--max-steps", type=int, default=1500)
     p.add_argument("--max-wall-s", type=float, help="stop between cells after this wall time")
     p.add_argument("--het-planes-step", type=int, default=1, help="defects on every n-th plane of the junctions")
+    p.add_argument("--het-sites-per-plane", type=int, default=1, help="defect sites per junction plane")
+    p.add_argument("--seeds", type=int, default=3, help="random mixes per composition")
+    p.add_argument("--defect-sites", type=int, default=3, help="defect sites per mix (x_I = 0.25, 0.5, 0.75)")
+    p.add_argument("--defect-seeds", type=int, default=2, help="mixes per composition that get defects")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_ce_data)
 
@@ -213,7 +219,8 @@ def cmd_ce_data(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.fmax <= 0 or args.max_steps < 1:
         raise ValueError("--workers, --fmax and --max-steps must be positive")
     doc = generate(args.out, args.potential, workers=args.workers, fmax=args.fmax, max_steps=args.max_steps,
-                   max_wall_s=args.max_wall_s, tasks=plan(het_planes_step=args.het_planes_step),
+                   max_wall_s=args.max_wall_s, tasks=plan(het_planes_step=args.het_planes_step, het_sites_per_plane=args.het_sites_per_plane,
+                             seeds=args.seeds, defect_sites=args.defect_sites, defect_seeds=args.defect_seeds),
                    progress=not args.quiet)
     groups = {}
     for s in doc["structures"]:

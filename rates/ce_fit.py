@@ -93,7 +93,7 @@ def check_training_set(doc: dict, origin: str = "<training set>") -> dict:
         shape = st.get("shape")
         if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
             raise TrainingSetError(f"{where}.shape must be three positive integers")
-        occ = np.asarray(st.get("occ"), dtype=np.int64) if isinstance(st.get("occ"), list) else None
+        occ = np.asarray(st.get("occ"), dtype=np.int64) if isinstance(st.get("occ"), (list, np.ndarray)) else None
         if occ is None or occ.shape != (3 * int(np.prod(shape)),):
             raise TrainingSetError(f"{where}.occ must list {3 * int(np.prod(shape))} site states")
         if occ.min() < 0 or occ.max() >= N_STATES:
@@ -225,6 +225,7 @@ def fit_cluster_expansion(ts: dict, cutoffs_a, method: str = "ridge", n_splits: 
                                        n_splits=max(2, min(splits, train.size)), seed=seed, check_condition=False)
         sub.train()
         pred[test] = A[test] @ sub.parameters
+    full = A @ cve.parameters
     resid_site = (pred - y) / (3.0 * X[:, 0])
     groups = {}
     for g in sorted({s["group"] for s in ts["structures"]}):
@@ -243,6 +244,8 @@ def fit_cluster_expansion(ts: dict, cutoffs_a, method: str = "ridge", n_splits: 
         "undetermined": [names[j] for j in range(X.shape[1]) if j not in set(keep.tolist())],
         "bridge_eV": {"IBr-II": float(theta[-2]), "BrBr-II": float(theta[-1])},
         "bridge_err_eV": {"IBr-II": _n(err[-2]), "BrBr-II": _n(err[-1])},
+        "cells": {s["id"]: {"energy_eV": float(y[i]), "cv_prediction_eV": float(pred[i]),
+                            "fit_prediction_eV": float(full[i])} for i, s in enumerate(ts["structures"])},
     }
     model = ClusterExpansion(cut, host, dv, E0_eV=float(theta[0]), host_err_eV=err[1:1 + n_orb],
                              defect_err_eV=de, x_I_range=(min(x_i), max(x_i)), fit=report)
@@ -339,4 +342,123 @@ def cmd_ce_fit(args: argparse.Namespace) -> int:
     if rep["undetermined"]:
         print(f"  undetermined (fixed 0): {len(rep['undetermined'])} parameters")
     print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Report: potential against the CE on what the issue asks for
+# --------------------------------------------------------------------------
+def ce_report(ts: dict, model: ClusterExpansion) -> dict:
+    """Per-plane defect energies across the junctions, their interface contrast, mixing enthalpies.
+
+    Every CE number is the k-fold cross-validation prediction of a cell the fold did not see
+    (``model.fit["cells"]``), so agreement is out of sample.
+    """
+    cells = model.fit.get("cells") or {}
+    by_id = {s["id"]: s for s in ts["structures"]}
+    missing = [i for i in by_id if i not in cells]
+    if missing:
+        raise ValueError(f"the catalog's fit has no predictions for {len(missing)} cells of the training set "
+                         f"(e.g. {missing[0]!r}): fit it from this training set")
+    out = {"cv_rmse": model.fit.get("groups"), "profiles": [], "contrast": [], "mixing": []}
+    # defect energies relative to the host cell, plane by plane across the heterojunctions
+    for itf in ("I-rich", "Br-rich"):
+        host_id = f"het-{itf}"
+        if host_id not in by_id:
+            continue
+        e_host, p_host = cells[host_id]["energy_eV"], cells[host_id]["cv_prediction_eV"]
+        for kind in DEFECT_KINDS_CE:
+            rows = sorted((s for s in ts["structures"] if s.get("host_id") == host_id and s["group"] == kind),
+                          key=lambda s: s["plane_x"])
+            if not rows:
+                continue
+            pot = np.array([cells[r["id"]]["energy_eV"] - e_host for r in rows])
+            ce = np.array([cells[r["id"]]["cv_prediction_eV"] - p_host for r in rows])
+            planes = [int(r["plane_x"]) for r in rows]
+            out["profiles"].append({"interface": itf, "defect": kind, "planes": planes,
+                                    "potential_eV": (pot - pot.min()).tolist(), "ce_cv_eV": (ce - ce.min()).tolist(),
+                                    "rmse_eV": float(np.sqrt(np.mean(((pot - pot.mean()) - (ce - ce.mean())) ** 2)))})
+            out["contrast"].append({"interface": itf, "defect": kind, "potential_range_eV": float(np.ptp(pot)),
+                                    "ce_range_eV": float(np.ptp(ce)), "potential_argmin_plane": planes[int(np.argmin(pot))],
+                                    "ce_argmin_plane": planes[int(np.argmin(ce))]})
+    # mixing enthalpy of the random mixes (per site), potential vs CE
+    mixes = [s for s in ts["structures"] if s["group"] == "host" and s["id"].startswith("mix-")]
+    ends = {}
+    for s in mixes:
+        if s["x_I"] in (0.0, 1.0):
+            ends[s["x_I"]] = s
+    if 0.0 in ends and 1.0 in ends:
+        for s in sorted(mixes, key=lambda s: (s["x_I"], s["id"])):
+            n_site = 3.0 * float(np.prod(s["shape"]))
+            x = s["x_I"]
+
+            def h(key, s=s, x=x, n_site=n_site):
+                e = cells[s["id"]][key]
+                e1, e0 = cells[ends[1.0]["id"]][key], cells[ends[0.0]["id"]][key]
+                return 1e3 * (e - x * e1 - (1 - x) * e0) / n_site
+
+            out["mixing"].append({"id": s["id"], "x_I": x, "potential_meV_per_site": h("energy_eV"),
+                                  "ce_cv_meV_per_site": h("cv_prediction_eV")})
+    if out["mixing"]:
+        d = np.array([m["potential_meV_per_site"] - m["ce_cv_meV_per_site"] for m in out["mixing"]])
+        out["mixing_rmse_meV_per_site"] = float(np.sqrt(np.mean(d ** 2)))
+    return out
+
+
+def report_markdown(rep: dict) -> str:
+    lines = ["# Cluster expansion against the potential", "",
+             "CE numbers are k-fold cross-validation predictions (each cell predicted by a fit that did not see it).", ""]
+    if rep.get("cv_rmse"):
+        lines += ["| cells | n | CV RMSE (meV/site) | CV RMSE (eV/cell) |", "|---|---|---|---|"]
+        lines += [f"| {g} | {r['n_cells']} | {r['cv_rmse_meV_per_site']:.2f} | {r['cv_rmse_eV_per_cell']:.3f} |"
+                  for g, r in rep["cv_rmse"].items()]
+        lines.append("")
+    for p in rep["profiles"]:
+        lines += [f"## {p['defect']} across the {p['interface']} heterojunction (energy vs plane, eV, min = 0)", "",
+                  "| plane | " + " | ".join(str(v) for v in p["planes"]) + " |",
+                  "|---|" + "---|" * len(p["planes"]),
+                  "| potential | " + " | ".join(f"{v:.3f}" for v in p["potential_eV"]) + " |",
+                  "| CE (CV) | " + " | ".join(f"{v:.3f}" for v in p["ce_cv_eV"]) + " |",
+                  "", f"RMSE of the profile (means removed): {p['rmse_eV']:.3f} eV", ""]
+    if rep["contrast"]:
+        lines += ["## Interface contrast", "", "| interface | defect | range potential (eV) | range CE (eV) | "
+                  "lowest plane potential | lowest plane CE |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['interface']} | {c['defect']} | {c['potential_range_eV']:.3f} | {c['ce_range_eV']:.3f} | "
+                  f"{c['potential_argmin_plane']} | {c['ce_argmin_plane']} |" for c in rep["contrast"]]
+        lines.append("")
+    if rep["mixing"]:
+        lines += ["## Mixing enthalpy of the random mixes (meV/site)", "", "| cell | x_I | potential | CE (CV) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m['id']} | {m['x_I']:.3f} | {m['potential_meV_per_site']:.2f} | {m['ce_cv_meV_per_site']:.2f} |"
+                  for m in rep["mixing"]]
+        lines += ["", f"RMSE: {rep.get('mixing_rmse_meV_per_site', float('nan')):.2f} meV/site", ""]
+    return "\n".join(lines) + "\n"
+
+
+def add_ce_report_parser(rsub) -> None:
+    p = rsub.add_parser("ce-report", help="cluster expansion vs the potential: defect energies plane by plane "
+                                          "across both heterojunctions, interface contrast, mixing enthalpy")
+    p.add_argument("training", help="the training set the catalog was fitted to")
+    p.add_argument("catalog", help="catalog written by kmc rates ce-fit")
+    p.add_argument("--out", "-o", required=True, help="directory for ce_report.json and ce_report.md")
+    p.set_defaults(handler=cmd_ce_report)
+
+
+def cmd_ce_report(args: argparse.Namespace) -> int:
+    from common.atomic import write_text_atomic  # noqa: PLC0415
+    from rates.catalog import load_catalog  # noqa: PLC0415
+
+    ts = load_training_set(args.training)
+    cat = load_catalog(args.catalog)
+    if cat.cluster_expansion is None:
+        raise ValueError(f"{args.catalog}: catalog has no cluster_expansion (fit one with kmc rates ce-fit)")
+    rep = ce_report(ts, cat.cluster_expansion)
+    rep["provenance"] = {**provenance(), "training_set": str(args.training),
+                         "training_set_sha256": file_sha256(args.training), "catalog": str(args.catalog),
+                         "catalog_sha256": cat.sha256()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "ce_report.json", json.dumps(rep, indent=1) + "\n")
+    write_text_atomic(out / "ce_report.md", report_markdown(rep))
+    print(report_markdown(rep))
     return 0

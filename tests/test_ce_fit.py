@@ -106,7 +106,7 @@ def test_fit_needs_enough_cells():
         fit_cluster_expansion(ts, CUT)
 
 
-def test_ce_fit_cli_writes_a_v3_catalog(tmp_path):
+def test_ce_fit_cli_writes_a_v3_catalog(tmp_path, capsys):
     from kmc.cli import main
     from rates.catalog import load_catalog
 
@@ -125,6 +125,10 @@ def test_ce_fit_cli_writes_a_v3_catalog(tmp_path):
     assert cat.provenance["generator"] == "kmc rates ce-fit" and "train.json" in cat.provenance["inputs"]
     np.testing.assert_allclose(cat.cluster_expansion.host_eci_eV[1:], model.host_eci_eV[1:], atol=3e-3)
     assert main(["rates", "ce-fit", str(path), "--cutoffs", "1.01", "--out", str(out)]) == 2  # exists
+    capsys.readouterr()
+    assert main(["rates", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "cluster expansion: cutoffs [1.01] a" in shown and "local orbit" in shown
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -150,3 +154,57 @@ def test_bad_training_set_is_a_clear_error(tmp_path, edit, match, capsys):
     assert main(["rates", "ce-fit", str(path), "--out", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kmc: error:" in err
+
+
+def test_ce_report_profiles_and_mixing_out_of_sample(tmp_path):
+    """Cells laid out as kmc rates ce-data does (mixes, junction hosts, a vacancy on every plane): the CV
+    predictions of a model fitted to exact energies reproduce the per-plane profile and the mixing enthalpy."""
+    from kmc.cli import main
+    from rates.ce_fit import ce_report
+
+    model, bridge = _truth(11)
+    rng = np.random.default_rng(12)
+    rows = []
+    dims = [6, 3, 3]
+    lat = HalideSublattice(tuple(dims))
+    for x in (0.0, 0.25, 0.5, 0.75, 1.0):
+        for k in range(1 if x in (0.0, 1.0) else 6):
+            occ = build_random_mix(lat, x, seed=int(rng.integers(1 << 30))).occ.astype(np.int64)
+            rows.append({"id": f"mix-x{x:.3f}-s{k}", "group": "host", "shape": dims, "occ": occ, "x_I": x,
+                         "bridge_n_br": []})
+            for j in range(4):
+                o = occ.copy()
+                o[rng.integers(o.size)] = VACANCY
+                rows.append({"id": f"mix-x{x:.3f}-s{k}-v{j}", "group": "vacancy", "shape": dims, "occ": o,
+                             "bridge_n_br": []})
+    for itf in ("I-rich", "Br-rich"):
+        occ = build_heterojunction(lat, 3, 3, interface=itf).occ.astype(np.int64)
+        rows.append({"id": f"het-{itf}", "group": "host", "shape": dims, "occ": occ, "bridge_n_br": []})
+        planes = lat.plane_index(0)
+        for p in range(lat.n_planes(0)):
+            site = int(rng.choice(np.flatnonzero(planes == p)))
+            o = occ.copy()
+            o[site] = VACANCY
+            rows.append({"id": f"het-{itf}-v{site}", "group": "vacancy", "shape": dims, "occ": o, "bridge_n_br": [],
+                         "host_id": f"het-{itf}", "plane_x": p})
+    for r in rows:
+        r["energy_eV"] = float(_energy(model, bridge, r["occ"], dims, r["bridge_n_br"]) + rng.normal(0, 1e-4))
+    ts = check_training_set({"format": FORMAT, "version": 1, "units": {"energy": "eV"}, "structures": rows})
+    fit, _ = fit_cluster_expansion(ts, CUT, method="least-squares", ensemble_size=10)
+    rep = ce_report(ts, fit)
+    prof = [p for p in rep["profiles"] if p["defect"] == "vacancy"]
+    assert len(prof) == 2 and all(len(p["planes"]) == 12 for p in prof)
+    for p in prof:
+        assert p["rmse_eV"] < 2e-3
+        assert max(p["potential_eV"]) > 0.02  # the truth has a profile to reproduce
+    assert rep["mixing_rmse_meV_per_site"] < 0.05
+    assert {c["interface"] for c in rep["contrast"]} == {"I-rich", "Br-rich"}
+    # the command writes both files
+    doc = {"format": FORMAT, "version": 1, "units": {"energy": "eV"},
+           "structures": [{**r, "occ": r["occ"].tolist()} for r in rows]}
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    assert main(["rates", "ce-fit", str(tmp_path / "t.json"), "--cutoffs", "1.01", "--method", "least-squares",
+                 "--out", str(tmp_path / "c.json")]) == 0
+    assert main(["rates", "ce-report", str(tmp_path / "t.json"), str(tmp_path / "c.json"),
+                 "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "ce_report.md").read_text().count("## vacancy across") == 2

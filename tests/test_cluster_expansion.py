@@ -223,3 +223,64 @@ def test_vacancy_prefers_the_environment_its_terms_favour(default_catalog):
         n += 8
     frac = n_br / n
     assert frac > 0.5 + 5 * np.sqrt(0.25 / n)  # well beyond the statistics of an unbiased walk
+
+
+def test_kmc_samples_the_boltzmann_distribution_of_the_ce_energy(default_catalog):
+    """One vacancy and one Br in CsPbI3 (3x3x3, periodic): the time-weighted KMC distribution of the
+    Br-vacancy distance equals the Boltzmann distribution of the CE energy, enumerated exactly over all
+    80 Br positions (pair energies off, so the CE is the whole energy). Batch means give the errors."""
+    from kmc.simulation import Simulation
+    from rates.ratelaw import K_B_EV
+
+    cut = (1.01,)
+    n_loc = len(local_orbits_of(cut))
+    rng = np.random.default_rng(21)
+    host = rng.normal(0, 0.02, len(orbits_of(cut)))
+    vac = np.zeros(n_loc)
+    vac[1:] = [0.05, -0.03, 0.02]  # nearest-neighbour shell, trans across Pb, across the Cs cage
+    cat = copy.deepcopy(default_catalog)
+    cat.pair_eV = np.zeros_like(cat.pair_eV)
+    cat.cluster_expansion = ClusterExpansion(cut, host, {"vacancy": vac})
+    tables = kernel_tables(cat.cluster_expansion)
+    T = 600.0
+    lat = HalideSublattice((3, 3, 3))
+    config = build_random_mix(lat, 80 / 81, seed=1)
+    assert int(np.sum(config.occ == BR)) == 1
+    xyz = lat.coords(np.arange(lat.n_sites)).reshape(-1, 3)
+    n2 = 2 * np.asarray(lat.dims)
+
+    def dist2(a, b):
+        d = (xyz[a] - xyz[b]) % n2
+        d = np.minimum(d, n2 - d)
+        return int(np.sum(d * d))
+
+    # exact: vacancy on site 0, Br anywhere else (every site is equivalent under the lattice symmetry)
+    classes = sorted({dist2(0, b) for b in range(1, lat.n_sites)})
+    w = np.zeros(len(classes))
+    for b in range(1, lat.n_sites):
+        occ = np.zeros(lat.n_sites, np.int8)
+        occ[0] = VACANCY
+        occ[b] = BR
+        w[classes.index(dist2(0, b))] += np.exp(-total_energy_ce(occ, lat.dims, tables) / (K_B_EV * T))
+    exact = w / w.sum()
+
+    defects = place_defects(config, 1, 0, where=[int(np.flatnonzero(config.occ == I)[0])])
+    sim = Simulation(config, defects, cat, T, np.random.SeedSequence(22))
+    sim.advance(np.inf, max_events=2000)  # equilibrate
+    rate = float(sim.state.tree[1])
+    dt = 25.0 / rate
+    n_batch, per_batch = 20, 600
+    frac = np.zeros((n_batch, len(classes)))
+    t = sim.time_s
+    for bt in range(n_batch):
+        for _ in range(per_batch):
+            t += dt
+            sim.advance(t)
+            v = int(sim.state.def_site[0])
+            b = int(np.flatnonzero(sim.state.occ == BR)[0])
+            frac[bt, classes.index(dist2(v, b))] += 1.0 / per_batch
+    mean = frac.mean(axis=0)
+    sem = frac.std(axis=0, ddof=1) / np.sqrt(n_batch)
+    assert np.max(exact) > 2.0 * np.min(exact[exact > 0])  # the energy shapes the distribution
+    z = (mean - exact) / np.maximum(sem, 1e-4)
+    assert np.all(np.abs(z) < 4.5), (classes, mean, exact, z)
