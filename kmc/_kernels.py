@@ -66,7 +66,7 @@ from lattice.sublattice import (
     REGION_OFFSETS,
 )
 from lattice.orientation import ALIGNED, LANDING, ROTATED, ROTATION_CLASS_BASE
-from lattice.cluster_expansion import delta_energy_ce
+from lattice.cluster_expansion import delta_energy_ce, delta_energy_ce_channels
 from rates.ratelaw import delta_energy_kickout, delta_energy_vacancy, hop_rate
 
 # status codes returned by run_events
@@ -414,9 +414,12 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
     """
     _gather_patch(pb, occ, dims, x, y, z, s, pdelta, cs)
     ce_on = ce[0][0] + ce[0][1] + ce[0][2] > 0
+    ce_patch = False
     if ce_on:
         use_cache = False  # the CE reaches beyond the counts the cache key holds
         site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
+        ce_de = ce[14]
+        ce_patch = delta_energy_ce_channels(occ, dims, x, y, z, s, kind == KIND_VACANCY, s0, s1, ce, ce_de)
     cnt_all = 0
     for m in range(1, 9):
         cnt_all += pb[m]
@@ -451,7 +454,9 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
                 for t in range(4):
                     dj = J[st, t] - J[VACANCY, t]
                     de += (((ca >> (t << 2)) & 15) - ((cb >> (t << 2)) & 15)) * dj
-                if ce_on:
+                if ce_patch:
+                    de += ce_de[k]
+                elif ce_on:
                     de += _ce_channel(occ, dims, x, y, z, s, k, site_a, st, VACANCY, ce)
                 r = hop_rate(cls, de, beta, e_kra, prefactor)
                 if r != r:
@@ -494,7 +499,9 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
                             ((cb >> (t << 2)) & 15) * (J[BRIDGE, t] - J[st, t])
                     de += J[rem, BRIDGE] - J[BRIDGE, st]
                     de += e_bridge[mover + st] - e_bridge[mover + rem]
-                    if ce_on:
+                    if ce_patch:
+                        de += ce_de[slot * 8 + k]
+                    elif ce_on:
                         de += _ce_channel(occ, dims, x, y, z, s, k, site_a, rem, BRIDGE, ce)
                     r = hop_rate(cls, de, beta, e_kra, prefactor)
                     if r != r:

@@ -362,19 +362,74 @@ class CETables:
     dfc: np.ndarray  # (3, E, 2, 4) K_D for a defect of kind D on position p (0: the origin site)
     spin: np.ndarray  # (4,) point function per site state
     reach: np.ndarray  # (1,) largest |offset| per axis (doubled coordinates)
+    # the CE patch of a type-s centre A: every site the 8 hops of A need (see _patch_tables)
+    p_n: np.ndarray = None  # (3,) patch size per type
+    p_off: np.ndarray = None  # (3, P, 3) doubled offsets from A
+    p_bk: np.ndarray = None  # (3, 8) patch index of B_k
+    p_typ: np.ndarray = None  # (3, 8) type of B_k
+    cache_key: np.ndarray = None  # (C, W) int64 exact keys (-1: empty)
+    cache_val: np.ndarray = None  # (C, 16) float64 dE of the 16 channels
+    scratch: np.ndarray = None  # (P + 2 W,) int64 gathered states and key words
+    de16: np.ndarray = None  # (16,) float64 scratch of the kernels
 
     def as_tuple(self) -> tuple:
-        return (self.n, self.order, self.off, self.host, self.dfc, self.spin, self.reach)
+        return (self.n, self.order, self.off, self.host, self.dfc, self.spin, self.reach,
+                self.p_n, self.p_off, self.p_bk, self.p_typ, self.cache_key, self.cache_val,
+                self.scratch, self.de16)
 
     @property
     def active(self) -> bool:
         return bool(self.n.sum() > 0)
 
 
+CACHE_BITS = 12
+"""Entries of the direct-mapped dE cache of a CE (keyed by the exact states of the patch)."""
+
+
+def _with_patch(n, order, off, host, dfc, spin, reach) -> CETables:
+    from lattice.sublattice import NEIGHBOUR_OFFSETS, NEIGHBOUR_TYPES  # noqa: PLC0415
+
+    p_offs = []
+    p_bk = np.zeros((3, 8), np.int64)
+    p_typ = np.zeros((3, 8), np.int64)
+    for s in range(3):
+        # A, its 8 neighbours, and every site of a cluster through A or through one of them
+        index = {(0, 0, 0): 0}
+
+        def ix(o, index=index):
+            o = tuple(int(v) for v in o)
+            if o not in index:
+                index[o] = len(index)
+            return index[o]
+
+        for k in range(8):
+            p_bk[s, k] = ix(NEIGHBOUR_OFFSETS[s, k])
+            p_typ[s, k] = NEIGHBOUR_TYPES[s, k]
+        for e in range(int(n[s])):
+            for j in range(int(order[s, e]) - 1):
+                ix(off[s, e, j])
+        for k in range(8):
+            t = int(NEIGHBOUR_TYPES[s, k])
+            for e in range(int(n[t])):
+                for j in range(int(order[t, e]) - 1):
+                    ix(NEIGHBOUR_OFFSETS[s, k] + off[t, e, j])
+        p_offs.append(sorted(index, key=index.get))
+    p_n = np.array([len(o) for o in p_offs], np.int64)
+    p_off = np.zeros((3, max(p_n), 3), np.int64)
+    for s in range(3):
+        p_off[s, :p_n[s]] = p_offs[s]
+    words = (2 * int(max(p_n)) + 63) // 64 + 1  # 2 bits per state, plus one word of (s, kind, s0, s1)
+    active = int(n.sum()) > 0
+    cap = (1 << CACHE_BITS) if active else 1
+    return CETables(n, order, off, host, dfc, spin, reach, p_n, p_off, p_bk, p_typ,
+                    np.full((cap, words), -1, np.int64), np.zeros((cap, 16)),
+                    np.zeros(int(max(p_n)) + 2 * words, np.int64), np.zeros(16))
+
+
 def empty_tables() -> CETables:
     """Tables of no cluster expansion (the kernels skip it)."""
-    return CETables(np.zeros(3, np.int64), np.zeros((3, 1), np.int64), np.zeros((3, 1, 3, 3), np.int64),
-                    np.zeros((3, 1)), np.zeros((3, 1, 2, 4)), np.zeros(4), np.zeros(1, np.int64))
+    return _with_patch(np.zeros(3, np.int64), np.zeros((3, 1), np.int64), np.zeros((3, 1, 3, 3), np.int64),
+                       np.zeros((3, 1)), np.zeros((3, 1, 2, 4)), np.zeros(4), np.zeros(1, np.int64))
 
 
 def kernel_tables(model: ClusterExpansion | None) -> CETables:
@@ -412,7 +467,7 @@ def kernel_tables(model: ClusterExpansion | None) -> CETables:
             host[s, e] = h
             dfc[s, e] = kd
     spin = np.array([HOST_SPIN[st] for st in range(4)])
-    return CETables(n, order, off, host, dfc, spin, np.array([reach], np.int64))
+    return _with_patch(n, order, off, host, dfc, spin, np.array([reach], np.int64))
 
 
 def host_spin_check(cutoffs_a=(1.01,)) -> None:
@@ -514,7 +569,7 @@ def delta_energy_ce(occ, dims, xa, ya, za, sa, xb, yb, zb, sb, site_a, site_b, a
     ``ce`` is :meth:`CETables.as_tuple`. Sums V(after) - V(before) over every cluster that
     contains A, then over every cluster that contains B but not A (scalar products, no temporaries).
     """
-    n_ent, order, off, host, dfc, spin, _reach = ce
+    n_ent, order, off, host, dfc, spin = ce[0], ce[1], ce[2], ce[3], ce[4], ce[5]
     n2x = 2 * dims[0]
     n2y = 2 * dims[1]
     n2z = 2 * dims[2]
@@ -581,3 +636,82 @@ def delta_energy_ce(occ, dims, xa, ya, za, sa, xb, yb, zb, sb, site_a, site_b, a
             h = host[s, e]
             de += _value(nd1, k1, p1, pr1, h, dfc, s, e) - _value(nd0, k0, p0, pr0, h, dfc, s, e)
     return de
+
+
+@njit(cache=True)
+def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
+    """CE dE of the 16 hop channels ``slot * 8 + k`` of a defect on A = (x, y, z), type ``s``.
+
+    Vacancy (``is_vac``): A -> the species on B_k, B_k -> vacancy (slot 0; slot 1 unused).
+    Bridge (s0, s1): A -> the remaining atom (s1 for slot 0, s0 for slot 1), B_k -> bridge.
+    Channels whose B_k holds a defect get 0 (they are closed). The states of the CE patch
+    are gathered once; the 16 values are looked up in the exact-key cache of ``ce`` (keyed
+    by the patch states, the site type and the defect) or, on a miss, computed channel by
+    channel with :func:`delta_energy_ce` and stored: a hit returns the very values a miss
+    computed, so results do not depend on the cache. Returns True
+    when the patch could be used (no two patch offsets on one site of the lattice); else the
+    caller falls back to :func:`delta_energy_ce` per channel.
+    """
+    p_n, p_off, p_bk, p_typ = ce[7], ce[8], ce[9], ce[10]
+    ckey, cval, scratch = ce[11], ce[12], ce[13]
+    n2x = 2 * dims[0]
+    n2y = 2 * dims[1]
+    n2z = 2 * dims[2]
+    npat = p_n[s]
+    words = ckey.shape[1]
+    if n2x <= 2 * (ce[6][0] + 2) or n2y <= 2 * (ce[6][0] + 2) or n2z <= 2 * (ce[6][0] + 2):
+        return False
+    # gather the patch states and pack them (2 bits each) into the key
+    for w in range(words):
+        scratch[npat + w] = 0
+    for p in range(npat):
+        qx = _wrapc(x + p_off[s, p, 0], n2x)
+        qy = _wrapc(y + p_off[s, p, 1], n2y)
+        qz = _wrapc(z + p_off[s, p, 2], n2z)
+        t = 0 if (qx & 1) else (1 if (qy & 1) else 2)
+        st = occ[(((qx >> 1) * dims[1] + (qy >> 1)) * dims[2] + (qz >> 1)) * 3 + t]
+        scratch[p] = st
+        scratch[npat + (p >> 5)] |= np.int64(st) << np.int64(2 * (p & 31))
+    meta = ((s * 2 + (1 if is_vac else 0)) * 4 + s0) * 4 + s1
+    scratch[npat + words - 1] = meta
+    h = meta
+    for w in range(words):
+        v = scratch[npat + w]
+        h = (h * 1000003) ^ (v ^ (v >> 29))
+    slot_c = (h ^ (h >> 17) ^ (h >> 35)) & (ckey.shape[0] - 1)
+    hit = True
+    for w in range(words):
+        if ckey[slot_c, w] != scratch[npat + w]:
+            hit = False
+            break
+    if hit:
+        for c in range(16):
+            out[c] = cval[slot_c, c]
+        return True
+    # miss: the direct sum of delta_energy_ce per open channel
+    site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
+    for k in range(8):
+        st_b = scratch[p_bk[s, k]]
+        xb = _wrapc(x + p_off[s, p_bk[s, k], 0], n2x)
+        yb = _wrapc(y + p_off[s, p_bk[s, k], 1], n2y)
+        zb = _wrapc(z + p_off[s, p_bk[s, k], 2], n2z)
+        t = p_typ[s, k]
+        site_b = (((xb >> 1) * dims[1] + (yb >> 1)) * dims[2] + (zb >> 1)) * 3 + t
+        for slot in range(2):
+            c = slot * 8 + k
+            out[c] = 0.0
+            if st_b >= VACANCY or (is_vac and slot == 1):
+                continue
+            if slot == 1 and s0 == s1:
+                out[c] = out[k]
+                continue
+            if is_vac:
+                out[c] = delta_energy_ce(occ, dims, x, y, z, s, xb, yb, zb, t, site_a, site_b, st_b, VACANCY, ce)
+            else:
+                out[c] = delta_energy_ce(occ, dims, x, y, z, s, xb, yb, zb, t, site_a, site_b,
+                                         s1 if slot == 0 else s0, BRIDGE, ce)
+    for w in range(words):
+        ckey[slot_c, w] = scratch[npat + w]
+    for c in range(16):
+        cval[slot_c, c] = out[c]
+    return True

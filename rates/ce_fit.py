@@ -375,6 +375,31 @@ def ce_report(ts: dict, model: ClusterExpansion) -> dict:
             pot = np.array([cells[r["id"]]["energy_eV"] - e_host for r in rows])
             ce = np.array([cells[r["id"]]["cv_prediction_eV"] - p_host for r in rows])
             planes = [int(r["plane_x"]) for r in rows]
+            # symmetry-equivalent sites (one plane of a junction): the potential's own scatter
+            groups = {}
+            for p_, e_ in zip(planes, pot):
+                groups.setdefault(p_, []).append(e_)
+            dev = [v - np.mean(g) for g in groups.values() if len(g) > 1 for v in g]
+            dof = sum(len(g) - 1 for g in groups.values() if len(g) > 1)
+            scatter = float(np.sqrt(np.sum(np.square(dev)) / dof)) if dof else None
+            # interface planes against the interiors of the two layers
+            from lattice import HalideSublattice, build_heterojunction  # noqa: PLC0415
+
+            shp = by_id[host_id]["shape"]
+            cfg = build_heterojunction(HalideSublattice(tuple(shp)), shp[0] // 2, shp[0] - shp[0] // 2, interface=itf)
+            itf_planes = set(int(v) for v in cfg.interface_planes)
+            region = np.asarray(cfg.plane_region)
+            pl = np.array(planes)
+            at_itf = np.isin(pl, list(itf_planes))
+
+            def contrast(e):
+                return {lay: float(np.mean(e[at_itf]) - np.mean(e[~at_itf & (region[pl] == code)]))
+                        for lay, code in (("I layer", 0), ("Br layer", 1))}
+
+            out["interface_terms"] = out.get("interface_terms", [])
+            out["interface_terms"].append({"interface": itf, "defect": kind, "interface_planes": sorted(itf_planes),
+                                           "potential_eV": contrast(pot), "ce_cv_eV": contrast(ce),
+                                           "equivalent_site_scatter_eV": scatter, "scatter_dof": int(dof)})
             out["profiles"].append({"interface": itf, "defect": kind, "planes": planes,
                                     "potential_eV": (pot - pot.min()).tolist(), "ce_cv_eV": (ce - ce.min()).tolist(),
                                     "rmse_eV": float(np.sqrt(np.mean(((pot - pot.mean()) - (ce - ce.mean())) ** 2)))})
@@ -425,6 +450,16 @@ def report_markdown(rep: dict) -> str:
                   "lowest plane potential | lowest plane CE |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['interface']} | {c['defect']} | {c['potential_range_eV']:.3f} | {c['ce_range_eV']:.3f} | "
                   f"{c['potential_argmin_plane']} | {c['ce_argmin_plane']} |" for c in rep["contrast"]]
+        lines.append("")
+    if rep.get("interface_terms"):
+        lines += ["## Interface planes minus the layer interiors (eV)", "",
+                  "| interface | defect | potential: vs I layer | vs Br layer | CE (CV): vs I layer | vs Br layer | "
+                  "potential scatter at equivalent sites |", "|---|---|---|---|---|---|---|"]
+        for t in rep["interface_terms"]:
+            sc = t["equivalent_site_scatter_eV"]
+            lines.append(f"| {t['interface']} | {t['defect']} | {t['potential_eV']['I layer']:+.3f} | "
+                         f"{t['potential_eV']['Br layer']:+.3f} | {t['ce_cv_eV']['I layer']:+.3f} | "
+                         f"{t['ce_cv_eV']['Br layer']:+.3f} | {'n/a' if sc is None else f'{sc:.3f}'} |")
         lines.append("")
     if rep["mixing"]:
         lines += ["## Mixing enthalpy of the random mixes (meV/site)", "", "| cell | x_I | potential | CE (CV) |",

@@ -199,6 +199,10 @@ def test_ce_report_profiles_and_mixing_out_of_sample(tmp_path):
         assert max(p["potential_eV"]) > 0.02  # the truth has a profile to reproduce
     assert rep["mixing_rmse_meV_per_site"] < 0.05
     assert {c["interface"] for c in rep["contrast"]} == {"I-rich", "Br-rich"}
+    for t in rep["interface_terms"]:  # out-of-sample interface terms follow the exact ones
+        for lay in ("I layer", "Br layer"):
+            assert t["ce_cv_eV"][lay] == pytest.approx(t["potential_eV"][lay], abs=3e-3)
+        assert t["equivalent_site_scatter_eV"] is None  # one site per plane: no equivalent pairs
     # the command writes both files
     doc = {"format": FORMAT, "version": 1, "units": {"energy": "eV"},
            "structures": [{**r, "occ": r["occ"].tolist()} for r in rows]}

@@ -127,13 +127,53 @@ def _ce_catalog(base, seed, oriented=False):
     return cat
 
 
-@pytest.mark.parametrize("kind", ["mix", "heterojunction"])
-def test_kernel_matches_reference_with_cluster_expansion(default_catalog, run_kernel, kind):
-    """Same events as the brute-force reference (global energies), several defects, rate drift 0."""
+def test_patch_channels_equal_the_direct_sum_and_cache_hits_repeat_them():
+    """delta_energy_ce_channels (gathered patch, exact-key cache) = delta_energy_ce per channel."""
+    from lattice.cluster_expansion import delta_energy_ce_channels
+
+    lat = HalideSublattice((5, 6, 5))
+    tables = kernel_tables(_random_model(14))
+    ce = tables.as_tuple()
+    rng = np.random.default_rng(15)
+    out = np.zeros(16)
+    for trial in range(30):
+        occ = build_random_mix(lat, rng.uniform(0.1, 0.9), seed=trial).occ.astype(np.int8).copy()
+        for site in rng.choice(lat.n_sites, 5, replace=False):
+            occ[site] = rng.choice([VACANCY, BRIDGE])
+        a = int(rng.integers(lat.n_sites))
+        is_vac = trial % 2 == 0
+        occ[a] = VACANCY if is_vac else BRIDGE
+        s0, s1 = (0, 0) if is_vac else (int(rng.integers(2)), int(rng.integers(2)))
+        x, y, z = lat.coords(np.array([a]))[0]
+        for repeat in range(2):  # the second call is a cache hit
+            assert delta_energy_ce_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, out)
+            for k in range(8):
+                b = int(lat.neighbour_table[a, k])
+                bx, by, bz = lat.coords(np.array([b]))[0]
+                for slot in range(1 if is_vac else 2):
+                    if occ[b] >= VACANCY:
+                        assert out[slot * 8 + k] == 0.0
+                        continue
+                    a_new = occ[b] if is_vac else (s1 if slot == 0 else s0)
+                    want = delta_energy_ce(occ, lat.dims, x, y, z, a % 3, bx, by, bz, b % 3, a, b, a_new,
+                                           VACANCY if is_vac else BRIDGE, ce)
+                    assert out[slot * 8 + k] == pytest.approx(want, abs=1e-12), (trial, repeat, k, slot)
+    assert np.any(tables.cache_key[:, 0] >= 0)
+    # a lattice on which patch offsets would alias: the caller must fall back
+    small = HalideSublattice((4, 4, 4))
+    occ = np.zeros(small.n_sites, np.int8)
+    occ[0] = VACANCY
+    assert not delta_energy_ce_channels(occ, small.dims, 1, 0, 0, 0, True, 0, 0, ce, out)
+
+
+@pytest.mark.parametrize("kind,shape", [("mix", (6, 4, 4)), ("heterojunction", (6, 4, 4)), ("mix", (6, 5, 5))])
+def test_kernel_matches_reference_with_cluster_expansion(default_catalog, run_kernel, kind, shape):
+    """Same events as the brute-force reference (global energies), several defects, rate drift 0; the
+    (6, 5, 5) lattice takes the kernel's patch-and-cache path, the others its direct fallback."""
     from tests.test_reference_vs_kernel import _assert_same_run, _both, _mixed_defects
 
     cat = _ce_catalog(default_catalog, 7)
-    lat = HalideSublattice((6, 4, 4))
+    lat = HalideSublattice(shape)
     if kind == "mix":
         config = build_random_mix(lat, 0.6, seed=8)
     else:
