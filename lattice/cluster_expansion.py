@@ -55,6 +55,7 @@ import numpy as np
 import common.numba_cache  # noqa: F401 - before numba: a writable kernel cache
 from numba import njit
 
+from lattice.environment import wrap
 from lattice.species import BR, BRIDGE, I, VACANCY
 
 LATTICE_NAME = "cubic-CsPbX3-Pm-3m-halide-sublattice"
@@ -545,12 +546,11 @@ def total_energy_ce(occ: np.ndarray, dims, tables: CETables) -> float:
 
 
 @njit(cache=True, inline="always")
-def _wrapc(c, n2):
-    if c < 0:
-        return c + n2
-    if c >= n2:
-        return c - n2
-    return c
+def _add_site(st, pos, nd, kind, p, prod, spin):
+    """Account one site in state ``st`` at cluster position ``pos``: defects counted, host spins multiplied."""
+    if st >= VACANCY:
+        return nd + 1, 1 if st == BRIDGE else 0, pos, prod
+    return nd, kind, p, prod * spin[st]
 
 
 @njit(cache=True, inline="always")
@@ -595,9 +595,9 @@ def delta_energy_ce(occ, dims, xa, ya, za, sa, xb, yb, zb, sb, site_a, site_b, a
             pr1 = 1.0
             skip = False
             for j in range(od - 1):
-                qx = _wrapc(x + off[s, e, j, 0], n2x)
-                qy = _wrapc(y + off[s, e, j, 1], n2y)
-                qz = _wrapc(z + off[s, e, j, 2], n2z)
+                qx = wrap(x + off[s, e, j, 0], n2x)
+                qy = wrap(y + off[s, e, j, 1], n2y)
+                qz = wrap(z + off[s, e, j, 2], n2z)
                 t = 0 if (qx & 1) else (1 if (qy & 1) else 2)
                 q = (((qx >> 1) * dims[1] + (qy >> 1)) * dims[2] + (qz >> 1)) * 3 + t
                 st = occ[q]
@@ -607,32 +607,12 @@ def delta_energy_ce(occ, dims, xa, ya, za, sa, xb, yb, zb, sb, site_a, site_b, a
                         skip = True  # counted with A
                         break
                     st1 = new_o
-                if st >= VACANCY:
-                    nd0 += 1
-                    k0 = 1 if st == BRIDGE else 0
-                    p0 = j + 1
-                else:
-                    pr0 *= spin[st]
-                if st1 >= VACANCY:
-                    nd1 += 1
-                    k1 = 1 if st1 == BRIDGE else 0
-                    p1 = j + 1
-                else:
-                    pr1 *= spin[st1]
+                nd0, k0, p0, pr0 = _add_site(st, j + 1, nd0, k0, p0, pr0, spin)
+                nd1, k1, p1, pr1 = _add_site(st1, j + 1, nd1, k1, p1, pr1, spin)
             if skip:
                 continue
-            if c0 >= VACANCY:
-                nd0 += 1
-                k0 = 1 if c0 == BRIDGE else 0
-                p0 = 0
-            else:
-                pr0 *= spin[c0]
-            if new_c >= VACANCY:
-                nd1 += 1
-                k1 = 1 if new_c == BRIDGE else 0
-                p1 = 0
-            else:
-                pr1 *= spin[new_c]
+            nd0, k0, p0, pr0 = _add_site(c0, 0, nd0, k0, p0, pr0, spin)
+            nd1, k1, p1, pr1 = _add_site(new_c, 0, nd1, k1, p1, pr1, spin)
             h = host[s, e]
             de += _value(nd1, k1, p1, pr1, h, dfc, s, e) - _value(nd0, k0, p0, pr0, h, dfc, s, e)
     return de
@@ -665,9 +645,9 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
     for w in range(words):
         scratch[npat + w] = 0
     for p in range(npat):
-        qx = _wrapc(x + p_off[s, p, 0], n2x)
-        qy = _wrapc(y + p_off[s, p, 1], n2y)
-        qz = _wrapc(z + p_off[s, p, 2], n2z)
+        qx = wrap(x + p_off[s, p, 0], n2x)
+        qy = wrap(y + p_off[s, p, 1], n2y)
+        qz = wrap(z + p_off[s, p, 2], n2z)
         t = 0 if (qx & 1) else (1 if (qy & 1) else 2)
         st = occ[(((qx >> 1) * dims[1] + (qy >> 1)) * dims[2] + (qz >> 1)) * 3 + t]
         scratch[p] = st
@@ -692,9 +672,9 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
     site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
     for k in range(8):
         st_b = scratch[p_bk[s, k]]
-        xb = _wrapc(x + p_off[s, p_bk[s, k], 0], n2x)
-        yb = _wrapc(y + p_off[s, p_bk[s, k], 1], n2y)
-        zb = _wrapc(z + p_off[s, p_bk[s, k], 2], n2z)
+        xb = wrap(x + p_off[s, p_bk[s, k], 0], n2x)
+        yb = wrap(y + p_off[s, p_bk[s, k], 1], n2y)
+        zb = wrap(z + p_off[s, p_bk[s, k], 2], n2z)
         t = p_typ[s, k]
         site_b = (((xb >> 1) * dims[1] + (yb >> 1)) * dims[2] + (zb >> 1)) * 3 + t
         for slot in range(2):
