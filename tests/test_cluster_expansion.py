@@ -168,7 +168,7 @@ def test_patch_channels_equal_the_direct_sum_and_cache_hits_repeat_them():
 
 @pytest.mark.parametrize("kind,shape", [("mix", (6, 4, 4)), ("heterojunction", (6, 4, 4)), ("mix", (6, 5, 5))])
 def test_kernel_matches_reference_with_cluster_expansion(default_catalog, run_kernel, kind, shape):
-    """Same events as the brute-force reference (global energies), several defects, rate drift 0; the
+    """120 events as the brute-force reference (global energies), several defects, rate drift 0; the
     (6, 5, 5) lattice takes the kernel's patch-and-cache path, the others its direct fallback."""
     from tests.test_reference_vs_kernel import _assert_same_run, _both, _mixed_defects
 
@@ -179,7 +179,7 @@ def test_kernel_matches_reference_with_cluster_expansion(default_catalog, run_ke
     else:
         config = build_heterojunction(lat, 3, 3, interface="Br-rich")
     defects = _mixed_defects(config, 3, 3, seed=9)
-    kern, refres = _both(config, defects, cat, 300, seed=10, run_kernel=run_kernel)
+    kern, refres = _both(config, defects, cat, 120, seed=10, run_kernel=run_kernel)
     _assert_same_run(kern, refres)
 
 
