@@ -56,13 +56,14 @@ import common.numba_cache  # noqa: F401 - before numba: a writable kernel cache
 from numba import njit
 
 from lattice.environment import wrap
-from lattice.species import BR, BRIDGE, I, VACANCY
+from lattice.species import BR, BRIDGE, DEFECT_KINDS, I, VACANCY
 
 LATTICE_NAME = "cubic-CsPbX3-Pm-3m-halide-sublattice"
 A_REF = 6.0
 """Lattice constant (angstrom) of the reference cell the cluster space is built on; cutoffs are in units of a."""
 MAX_ORDER = 4
-DEFECT_KINDS_CE = ("vacancy", "interstitial")
+DEFECT_KINDS_CE = DEFECT_KINDS
+"""Defect kinds with CE terms, in the order of the kernel tables (those of :mod:`lattice.species`)."""
 HOST_SPIN = {I: 1.0, BR: -1.0, VACANCY: 0.0, BRIDGE: 0.0}
 
 
@@ -100,8 +101,10 @@ def cluster_space(cutoffs_a: tuple[float, ...]):
     from icet import ClusterSpace  # noqa: PLC0415
 
     cut = _check_cutoffs(cutoffs_a)
-    return ClusterSpace(primitive_structure(), [c * A_REF for c in cut],
-                        [["Cs"], ["Pb"], ["I", "Br"], ["I", "Br"], ["I", "Br"]])
+    cs = ClusterSpace(primitive_structure(), [c * A_REF for c in cut],
+                      [["Cs"], ["Pb"], ["I", "Br"], ["I", "Br"], ["I", "Br"]])
+    _check_host_spin(cs)
+    return cs
 
 
 def _doubled(pos: np.ndarray) -> tuple[int, int, int]:
@@ -471,9 +474,8 @@ def kernel_tables(model: ClusterExpansion | None) -> CETables:
     return _with_patch(n, order, off, host, dfc, spin, np.array([reach], np.int64))
 
 
-def host_spin_check(cutoffs_a=(1.01,)) -> None:
+def _check_host_spin(cs) -> None:
     """Raise if icet's point functions are not I = +1, Br = -1 (the convention of :data:`HOST_SPIN`)."""
-    cs = cluster_space(_check_cutoffs(cutoffs_a))
     smap = cs.species_maps[2]
     got = {z: cs.evaluate_cluster_function(2, 0, smap[z]) for z in (53, 35)}
     if not (math.isclose(got[53], 1.0) and math.isclose(got[35], -1.0)):  # pragma: no cover - icet convention

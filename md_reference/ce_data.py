@@ -37,6 +37,8 @@ from lattice.species import BR, BRIDGE, VACANCY
 log = logging.getLogger(__name__)
 FORMAT = "halide-kmc-ce-training-set"
 DEFAULT_POTENTIAL = "reaxff:../shared/potentials/reaxff/IBrPbCs.ff"
+START_A_I, START_A_BR = 6.29, 5.875
+"""Starting cubic lattice constants (A): the reference ReaxFF's relaxed 0 K CsPbI3 / CsPbBr3 (3x3x3 cells)."""
 
 
 def plan(shape=(3, 3, 3), x_grid=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0), seeds=3,
@@ -108,7 +110,7 @@ def _relax_cell(task: dict, potential: str, fmax: float, max_steps: int, cell_A=
             defects = place_defects(cfg, 0, 1, where=[d["site"]], added_species=d["added"])
             occ[d["site"]] = BRIDGE
             nbr = [int(np.sum(np.asarray(defects.bridge[0]) == BR))]
-    a0 = vegard_lattice_constant(cfg.x_I, 6.29, 5.875)
+    a0 = vegard_lattice_constant(cfg.x_I, START_A_I, START_A_BR)
     atoms = build_atoms(cfg, defects, a0)
     if cell_A is not None:
         atoms.set_cell(np.diag(cell_A), scale_atoms=True)

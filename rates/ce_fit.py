@@ -46,6 +46,7 @@ from lattice.cluster_expansion import (
     orbits_of,
 )
 from lattice.species import BRIDGE, N_STATES, VACANCY
+from rates.catalog import _num
 
 FORMAT = "halide-kmc-ce-training-set"
 FIT_METHODS = ("ridge", "least-squares", "lasso", "ardr", "bayesian-ridge")
@@ -243,17 +244,13 @@ def fit_cluster_expansion(ts: dict, cutoffs_a, method: str = "ridge", n_splits: 
         "groups": groups, "ensemble_size": int(ensemble_size), "seed": int(seed),
         "undetermined": [names[j] for j in range(X.shape[1]) if j not in set(keep.tolist())],
         "bridge_eV": {"IBr-II": float(theta[-2]), "BrBr-II": float(theta[-1])},
-        "bridge_err_eV": {"IBr-II": _n(err[-2]), "BrBr-II": _n(err[-1])},
+        "bridge_err_eV": {"IBr-II": _num(err[-2]), "BrBr-II": _num(err[-1])},
         "cells": {s["id"]: {"energy_eV": float(y[i]), "cv_prediction_eV": float(pred[i]),
                             "fit_prediction_eV": float(full[i])} for i, s in enumerate(ts["structures"])},
     }
     model = ClusterExpansion(cut, host, dv, E0_eV=float(theta[0]), host_err_eV=err[1:1 + n_orb],
                              defect_err_eV=de, x_I_range=(min(x_i), max(x_i)), fit=report)
     return model, report
-
-
-def _n(v) -> float | None:
-    return None if not math.isfinite(float(v)) else float(v)
 
 
 def attach(base, model: ClusterExpansion, *, name: str, training_path: str | None = None,
