@@ -377,6 +377,12 @@ def _rotation_rates(d, kind, s0, s1, ori, rates, classes, rot_rate, err):
     return (r90 + r90) + rf
 
 
+@njit(cache=True, inline="always")
+def _ce_active(ce):
+    """True when the catalog has a cluster expansion (some site type has clusters in the tables)."""
+    return ce[0][0] + ce[0][1] + ce[0][2] > 0
+
+
 @njit(cache=True)
 def _ce_channel(occ, dims, x, y, z, s, k, site_a, a_new, b_new, ce):
     """Cluster-expansion energy change of the hop from A (x, y, z; type s) to its neighbour slot k."""
@@ -413,11 +419,11 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
     ``e_bridge`` or ``beta`` change (run_events builds a fresh one per call).
     """
     _gather_patch(pb, occ, dims, x, y, z, s, pdelta, cs)
-    ce_on = ce[0][0] + ce[0][1] + ce[0][2] > 0
+    ce_on = _ce_active(ce)
     ce_patch = False
     if ce_on:
         use_cache = False  # the CE reaches beyond the counts the cache key holds
-        site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
+        site_a = site_of(x, y, z, s, dims)
         ce_de = ce[14]
         ce_patch = delta_energy_ce_channels(occ, dims, x, y, z, s, kind == KIND_VACANCY, s0, s1, ce, ce_de)
     cnt_all = 0
@@ -560,7 +566,7 @@ def _defect_rates_reference(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_
     y = def_xyz[d, 1]
     z = def_xyz[d, 2]
     s = def_s[d]
-    ce_on = ce[0][0] + ce[0][1] + ce[0][2] > 0
+    ce_on = _ce_active(ce)
     site_a = site_of(x, y, z, s, dims)
     total = 0.0
     if def_kind[d] == KIND_VACANCY:
@@ -694,7 +700,7 @@ def _run_events_impl(
     """Body of :func:`run_events` (scratch arrays allocated by the caller; no reference counting)."""
     n_def = def_kind.shape[0]
     ce_cells = 0
-    if ce[0][0] + ce[0][1] + ce[0][2] > 0:
+    if _ce_active(ce):
         # a defect depends on the sites within max(reach + 1, 2) (doubled, per axis) of it; A and B
         # are within 1 of each other
         dep = ce[6][0] + 1
