@@ -472,8 +472,16 @@ def fit_rotations(records, temperature_model: str = "ratio", min_pairs: int = 1,
         model = temperature_model if len(temps) > 1 else "ratio"
         th, cov, nll, beta0, upper = _joint_fit(counts_T, beta, model)
         ln_nu_h, E_h, cov_h = _wls_arrhenius(T_hop, [hops[T][0] for T in T_hop], [hops[T][1] for T in T_hop])
-        ln_nu_h += math.log(CHANNEL_FACTOR)
         hop_E_source = "md-arrhenius"
+        if math.isfinite(E_h) and E_h < 0:
+            # A falling rate is no thermally activated hop: the maximum likelihood under E >= 0 lies on the
+            # bound, E = 0 and nu = total hops / total time; the unconstrained slope's error stays as E's error.
+            n_tot = sum(hops[T][0] for T in T_hop)
+            hop_E_source = f"md-arrhenius at the bound E >= 0 (unconstrained {E_h:.3f} eV)"
+            E_h = 0.0
+            ln_nu_h = math.log(n_tot / sum(hops[T][1] for T in T_hop))
+            cov_h = np.array([[1.0 / n_tot, 0.0], [0.0, cov_h[1, 1]]])
+        ln_nu_h += math.log(CHANNEL_FACTOR)
         if not math.isfinite(E_h):
             if single_T_hop_E_eV is None:
                 raise OrientationFitError("rotation rates need MD hops at two or more temperatures "

@@ -267,3 +267,68 @@ def test_single_md_run_falls_back_to_hop_counting(tmp_path):
     assert x and all(r["verdict_estimator"].startswith("hop_count") for r in x)
     assert all(r["verdict"] in ("agree", "disagree") for r in x)  # a verdict, not "undetermined"
     assert all(r["p_value"] > 0.01 for r in x)  # same model
+
+
+TWO_CASES = CASE + CASE.replace('id = "Xi-I"', 'id = "Xi-I-bis"')
+
+
+def _write_records(spec, case, out, n_runs=2, run_ps=20.0):
+    from common.provenance import file_sha256
+    from workflows.matrix_md import RECORD_SCHEMA, record_path
+
+    h = case.physics_hash(file_sha256(spec.potential_path), spec.seed)
+    for T in case.temperatures_K:
+        for rec in pseudo_md_records(case, T, n_runs, run_ps, 5):
+            rec.update(schema=RECORD_SCHEMA, physics_hash=h)
+            p = record_path(out, case, T, rec["run_index"])
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(rec, default=lambda o: np.asarray(o).tolist()))
+
+
+def test_failed_kmc_side_is_a_row_and_case_runs_merge_into_the_report(tmp_path, monkeypatch):
+    """A rate fit the MD does not support (e.g. a negative rotation barrier) becomes a named entry of the report
+    instead of stopping the matrix; a run restricted with --case keeps the other cases of the previous report."""
+    import workflows.matrix as WM
+
+    spec_path = write_spec(tmp_path, SPEC_HEAD + TWO_CASES)
+    spec = load_spec(spec_path)
+    out = tmp_path / "out"
+    for case in spec.cases:
+        _write_records(spec, case, out)
+    rep = WM.run_matrix(spec_path, out, run_md=False, plots=False)
+    assert set(rep["cases"]) == {"Xi-I", "Xi-I-bis"} and rep["cases"]["Xi-I-bis"]["rows"]
+    bis_rows = rep["cases"]["Xi-I-bis"]["rows"]
+
+    def boom(spec, case, records):
+        raise ValueError("rotation fit gave a negative activation energy for Xi-rot:rot90:II (-0.020 eV)")
+
+    monkeypatch.setitem(WM.EVALUATORS, "diffusion", boom)
+    # only Xi-I is evaluated again (its cached result is removed so that the evaluator runs)
+    (out / "kmc_cache" / "Xi-I.json").unlink()
+    rep = WM.run_matrix(spec_path, out, run_md=False, plots=False, cases=["Xi-I"])
+    assert rep["cases"]["Xi-I"]["status"].startswith("KMC side failed: rotation fit gave a negative")
+    assert rep["cases"]["Xi-I-bis"]["rows"] == bis_rows  # carried over, not lost
+    md = (out / "report.md").read_text()
+    assert "## Cases without a KMC comparison" in md and "Xi-I: KMC side failed" in md
+    assert json.loads((out / "report.json").read_text())["cases"]["Xi-I-bis"]["rows"] == bis_rows
+
+
+def test_single_worker_lanes_take_turns(tmp_path, monkeypatch):
+    """With one worker each lane gets one run in turn, so a wall-time limit does not starve the last lane."""
+    import workflows.matrix_md as MM
+
+    spec = load_spec(write_spec(tmp_path))
+    calls = []
+    runs = {500.0: 0, 600.0: 0}
+
+    def fake_worker(args, max_new_runs=None):
+        T = args[2]
+        calls.append((T, max_new_runs))
+        runs[T] += 1
+        done = runs[T] >= (3 if T == 500.0 else 1)
+        return {"case": args[1], "temperature_K": T, "status": "done" if done else "partial"}
+
+    monkeypatch.setattr(MM, "_lane_worker", fake_worker)
+    st = MM.run_missing_md(spec, tmp_path / "out", workers=1)
+    assert calls == [(500.0, 1), (600.0, 1), (500.0, 1), (500.0, 1)]
+    assert [s["status"] for s in st] == ["done", "done"]

@@ -275,3 +275,21 @@ def test_direct_rotation_counts_cross_check(kmc_runs):
     assert d["rho_err_Hz"] == pytest.approx(math.sqrt(40) / (2 * 200e-12))
     assert d["relations"]["aligned"] == 9 and d["landing"]["other"] == 2 and d["unassigned_frames"] == 3
     assert fit_rotations([v[0] for v in runs.values()])[0].joint["direct"] == {}
+
+
+def test_hop_rate_falling_with_temperature_gives_the_bounded_arrhenius(kmc_runs, default_catalog_module):
+    """Hop rates that fall with T (statistics of short MD) cannot give a negative rotation barrier: the hop
+    Arrhenius takes its maximum likelihood under E >= 0 (E = 0, rate = hops / time) and the source says so."""
+    runs, _, _ = kmc_runs
+    records = [copy.deepcopy(v[0]) for v in runs.values()]
+    hot = next(r for r in records if r["temperature_K"] == 700.0)
+    for c in hot["tracking"]["classes"]:
+        c["exposure_ps"] *= 50.0  # the 700 K rate is now far below the 500 K one
+    fits = fit_rotations(records)
+    ha = fits[0].joint["hop_arrhenius"]
+    assert ha["E_eV"] == 0.0 and ha["E_source"].startswith("md-arrhenius at the bound E >= 0 (unconstrained -")
+    n = sum(r["tracking"]["classes"][0]["n_hops"] for r in records)
+    tau = sum(r["tracking"]["classes"][0]["exposure_ps"] for r in records) * 1e-12
+    assert math.isclose(ha["prefactor_Hz"], CHANNEL_FACTOR * n / tau, rel_tol=1e-9)
+    cat = orient_catalog(default_catalog_module, fits, name="t")
+    assert np.all(cat.rotation_E_eV >= 0) and np.all(np.isfinite(cat.rotation_prefactor_Hz))

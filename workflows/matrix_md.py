@@ -179,14 +179,19 @@ def compact_record(traj_path, case: Case, physics_hash: str, kinisi: bool = True
 # running lanes
 # --------------------------------------------------------------------------
 def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: float | None,
-             kinisi: bool = True) -> dict:
-    """Run (or resume) the runs a lane needs until it has enough hops, the run cap, or the deadline."""
+             kinisi: bool = True, max_new_runs: int | None = None) -> dict:
+    """Run (or resume) the runs a lane needs until it has enough hops, the run cap, or the deadline.
+
+    With ``max_new_runs`` it returns (status ``"partial"``) after that many
+    finished runs, so that lanes can take turns.
+    """
     from md_reference.md.runner import run_file, run_md  # noqa: PLC0415
 
     pot_sha = _potential_sha(spec)
     h = case.physics_hash(pot_sha, spec.seed)
     job = case_job(spec, case, out)
     ti = list(case.temperatures_K).index(temperature_K)
+    n_new = 0
     while True:
         recs = load_records(spec, case, out, pot_sha)[float(temperature_K)]
         st = lane_status(spec, recs, case)
@@ -195,6 +200,8 @@ def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: 
         left = None if deadline is None else deadline - time.time()
         if left is not None and left < 30.0:
             return {"case": case.id, "temperature_K": temperature_K, "status": "out of time", **st}
+        if max_new_runs is not None and n_new >= max_new_runs:
+            return {"case": case.id, "temperature_K": temperature_K, "status": "partial", **st}
         r = st["next_run"]
         try:
             res = run_md(job, ti, r, resume=True, progress=False, max_wall_s=left)
@@ -215,22 +222,28 @@ def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: 
         rec["md_wall_s"] = res.get("wall_s")
         rec["ms_per_step"] = res.get("ms_per_step")
         write_json_atomic(record_path(out, case, temperature_K, r), rec)
+        n_new += 1
         log.info("%s T=%g K run %d: %d hops", case.id, temperature_K, r, rec["tracking"]["n_hops"])
 
 
-def _lane_worker(args):
+def _lane_worker(args, max_new_runs: int | None = None):
     spec_path, case_id, T, out, deadline, kinisi = args
     os.environ["OMP_NUM_THREADS"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from workflows.matrix_spec import load_spec  # noqa: PLC0415
 
     spec = load_spec(spec_path)
-    return run_lane(spec, spec.case(case_id), T, out, deadline, kinisi=kinisi)
+    return run_lane(spec, spec.case(case_id), T, out, deadline, kinisi=kinisi, max_new_runs=max_new_runs)
 
 
 def run_missing_md(spec: MatrixSpec, out, *, workers: int = 1, max_wall_s: float | None = None,
                    cases: list[str] | None = None, kinisi: bool = True) -> list[dict]:
-    """Run every lane that still needs runs, ``workers`` lanes at a time; returns the lane statuses."""
+    """Run every lane that still needs runs, ``workers`` lanes at a time; returns the lane statuses.
+
+    With one worker the lanes take turns, one run each, so that a wall-time
+    limit leaves every lane nearer its target rather than the first ones done
+    and the last ones untouched.
+    """
     from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
     from multiprocessing import get_context  # noqa: PLC0415
 
@@ -247,7 +260,19 @@ def run_missing_md(spec: MatrixSpec, out, *, workers: int = 1, max_wall_s: float
     if not lanes:
         return []
     if workers <= 1:
-        return [_lane_worker(a) for a in lanes]
+        final: dict[tuple, dict] = {}
+        active = list(lanes)
+        while active:
+            still = []
+            for a in active:
+                st = _lane_worker(a, max_new_runs=1)
+                final[a[1:3]] = st
+                if st["status"] == "partial":
+                    still.append(a)
+                elif st["status"] in ("out of time", "interrupted"):
+                    return list(final.values())  # the deadline has passed for every lane
+            active = still
+        return [final[x[1:3]] for x in lanes]
     with ProcessPoolExecutor(max_workers=int(workers), mp_context=get_context("spawn")) as ex:
         return list(ex.map(_lane_worker, lanes))
 
