@@ -136,6 +136,12 @@ def cmd_rates_show(args) -> int:
     missing = int((~cat.present).sum())
     if missing:
         print(f"\n{missing} classes have no entry")
+    cal = cat.provenance.get("calibration")
+    if isinstance(cal, dict):
+        print(f"\ncalibrated to {Path(str(cal.get('targets_file', '?'))).name} (chi2 {cal.get('chi2', math.nan):.1f} for "
+              f"{cal.get('dof', '?')} dof; all targets within error: {cal.get('all_within_error')}):")
+        for p in cal.get("parameters", []):
+            print(f"  {p['label']:<32} {p['value']:+.4f} +- {p['err']:.4f} {p['unit']}")
     print(f"\ninterstitial model: {cat.interstitial_model}")
     if cat.oriented:
         from lattice.orientation import rotation_class, rotation_label
@@ -364,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     rates = sub.add_parser("rates", help="rate catalogs")
     rsub = rates.add_subparsers(dest="rates_command", required=True)
     show = rsub.add_parser("show", help="print a catalog as a table")
-    show.add_argument("catalog", nargs="?", default="default", help="catalog file (default: embedded)")
+    show.add_argument("catalog", nargs="?", default="default", help="catalog file, or an embedded one: default, paper (default: default)")
     show.add_argument("--json", action="store_true", help="also print the JSON")
     from md_reference.neb.cli import add_neb_parser  # argparse only; ASE/LAMMPS load on use
 
@@ -403,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ce_fit_parser(rsub)
     add_ce_report_parser(rsub)
+    from rates.calibrate import add_calibrate_parser  # argparse only; the KMC loads on use
+
+    add_calibrate_parser(rsub)
     from md_reference.ce_data import add_ce_data_parser  # argparse only; ASE/LAMMPS load on use
 
     add_ce_data_parser(rsub)

@@ -307,7 +307,7 @@ def _validate(cfg: dict) -> None:
     _int(run["replicas"], "run.replicas", lo=1, hi=100_000)
     _num(run["checkpoint_every_wall_s"], "run.checkpoint_every_wall_s", positive=True)
     if not isinstance(run["catalog"], str):
-        raise ConfigError("run.catalog must be 'default' or a path to a catalog file")
+        raise ConfigError("run.catalog must be 'default', 'paper' or a path to a catalog file")
     out = cfg["output"]
     if not isinstance(out["directory"], str) or not out["directory"]:
         raise ConfigError("output.directory must be a non-empty path")

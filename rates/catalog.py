@@ -95,6 +95,8 @@ RATE_LAW_EXPRESSION = (
 )
 UNITS = {"energy": "eV", "prefactor": "Hz", "length": "angstrom", "temperature": "K"}
 DEFAULT_CATALOG = "default"
+#: catalogs shipped with the package, by name (``run.catalog = "paper"``, ``kmc rates show paper``)
+EMBEDDED_CATALOGS = {"default": "data/default_catalog.json", "paper": "data/paper_catalog.json"}
 MAX_PREFACTOR_HZ = 1e16
 """Attempt frequencies are 1e11-1e14 Hz; beyond this a catalog value is a unit error, not physics."""
 MAX_ENERGY_EV = 20.0
@@ -308,9 +310,13 @@ class RateCatalog:
     @classmethod
     def load(cls, path: str | Path) -> "RateCatalog":
         """Read and validate a catalog file; ``"default"`` loads the embedded one."""
-        if str(path) == DEFAULT_CATALOG:
-            text = resources.files("rates").joinpath("data/default_catalog.json").read_text()
-            origin = "embedded default catalog"
+        if str(path) in EMBEDDED_CATALOGS:
+            res = resources.files("rates").joinpath(EMBEDDED_CATALOGS[str(path)])
+            if not res.is_file():
+                raise CatalogError(f"embedded catalog {str(path)!r} is not built "
+                                   "(kmc rates calibrate rates/data/paper_targets.toml)")
+            text = res.read_text()
+            origin = f"embedded {path} catalog"
         else:
             p = Path(path)
             try:
@@ -579,6 +585,7 @@ def _parse_rotations(data: dict, ver: int, origin: str) -> tuple[str, dict]:
 __all__ = [
     "CatalogError",
     "DEFAULT_CATALOG",
+    "EMBEDDED_CATALOGS",
     "FORMAT_NAME",
     "MissingRateError",
     "RateCatalog",

@@ -1,0 +1,194 @@
+"""kmc rates calibrate: target tables, recovery of known parameters from independent KMC data, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kmc.cli import main
+from rates.calibrate import CalibrationError, Evaluator, apply_parameters, calibrate, load_targets
+from rates.catalog import load_catalog
+
+HEAD = """
+[calibration]
+shape = [4, 4, 4]
+temperatures_K = [400.0, 550.0, 700.0]
+replicas = 6
+events = 3000
+seed = {seed}
+name = "recovered"
+
+[[parameter]]
+kind = "E_KRA_shift"
+defect = "vacancy"
+mover = "I"
+bounds = {bounds}
+
+[[parameter]]
+kind = "ln_prefactor"
+defect = "vacancy"
+mover = "I"
+"""
+TARGET = """
+[[target]]
+id = "V_I"
+defect = "vacancy"
+structure = "pure"
+species = "I"
+tracer = "all"
+Ea = {{value = {Ea}, err = {Ea_err}, unit = "eV"}}
+D_ref = {{value = {D}, err = {D_err}, unit = "cm^2/s", T_K = 500}}
+"""
+TRUE_X = np.array([0.06, -0.8])  # eV added to every V:I barrier; ln of the prefactor factor
+
+
+def _write(tmp_path, text, name="targets.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Targets measured by independent KMC (another seed) with the true parameters, with their own errors."""
+    tmp = tmp_path_factory.mktemp("cal")
+    dummy = TARGET.format(Ea=0.2, Ea_err=0.01, D=1e-6, D_err=1e-7)
+    spec = load_targets(_write(tmp, HEAD.format(seed=99, bounds="[-0.3, 0.3]") + dummy))
+    ev = Evaluator(spec, load_catalog("default"))
+    o = ev.observables(TRUE_X)["V_I"]
+    return tmp, o
+
+
+def test_calibration_recovers_known_parameters_from_independent_kmc(planted):
+    tmp, o = planted
+    text = HEAD.format(seed=5, bounds="[-0.3, 0.3]") + TARGET.format(
+        Ea=o["Ea_eV"], Ea_err=o["Ea_err_eV"], D=o["D_ref"], D_err=o["D_ref_err"])
+    spec = load_targets(_write(tmp, text))
+    res = calibrate(spec, load_catalog("default"))
+    for p, truth in zip(res["parameters"], TRUE_X):
+        assert math.isfinite(p["err"]) and p["err"] > 0
+        assert abs(p["value"] - truth) < 4 * p["err"], (p, truth)
+    assert res["all_within_error"], res["targets"]
+    cat = res["catalog"]
+    base = load_catalog("default")
+    from lattice.environment import N_SHELL_VALUES
+
+    v_i = np.arange(N_SHELL_VALUES)  # V:I classes
+    np.testing.assert_allclose(cat.E_KRA_eV[v_i] - base.E_KRA_eV[v_i], res["parameters"][0]["value"])
+    np.testing.assert_allclose(cat.E_KRA_eV[N_SHELL_VALUES:], base.E_KRA_eV[N_SHELL_VALUES:])
+    prov = cat.provenance["calibration"]
+    assert prov["targets_sha256"] == spec.source_sha256 and prov["kmc"]["common_random_numbers"]
+    assert {r["quantity"] for r in prov["targets"]} == {"Ea", "D_ref"}
+
+
+def test_common_random_numbers_make_a_uniform_shift_exact(planted):
+    """With the same streams and event counts a barrier shift dE multiplies D(T) by exp(-dE / kT) exactly."""
+    tmp, _ = planted
+    spec = load_targets(tmp / "targets.toml")
+    ev = Evaluator(spec, load_catalog("default"))
+    base = load_catalog("default")
+    t = spec.targets[0]
+    d0 = ev.D_per_T(apply_parameters(base, spec.parameters, [0.0, 0.0]), t)
+    d1 = ev.D_per_T(apply_parameters(base, spec.parameters, [0.05, 0.3]), t)
+    for (T, a, _), (_, b, _) in zip(d0, d1):
+        assert b / a == pytest.approx(math.exp(0.3 - 0.05 / (8.617333262e-5 * T)), rel=1e-9)
+
+
+def test_unreachable_target_is_reported_not_claimed(tmp_path, capsys):
+    """Bounds that keep the barrier far from the target: the residual is written and the report says so."""
+    text = HEAD.format(seed=1, bounds="[-0.01, 0.01]").replace("events = 3000", "events = 800") + \
+        TARGET.format(Ea=0.5, Ea_err=0.01, D=1e-9, D_err=1e-10)
+    tp = _write(tmp_path, text)
+    out = tmp_path / "cal.json"
+    assert main(["rates", "calibrate", str(tp), "--out", str(out), "-q"]) == 0
+    rep = json.loads((tmp_path / "calibration.json").read_text())
+    assert not rep["all_within_error"]
+    assert rep["parameters"][0]["at_bound"]
+    assert "outside their errors" in (tmp_path / "calibration.md").read_text()
+    cat = load_catalog(str(out))
+    assert cat.provenance["calibration"]["all_within_error"] is False
+    assert main(["rates", "calibrate", str(tp), "--out", str(out), "-q"]) == 2  # exists, no --force
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (('defect = "vacancy"\nstructure', 'defect = "antisite"\nstructure'), "defect = 'antisite' unknown"),
+    (('species = "I"\ntracer', 'species = "Cl"\ntracer'), "species = 'Cl' unknown"),
+    (('unit = "eV"', 'unit = "kcal"'), "Ea.unit = 'kcal' is not a unit of an energy"),
+    ((', unit = "cm^2/s"', ''), "D_ref.unit missing"),
+    (('unit = "cm^2/s"', 'unit = "eV"'), "not a unit of a diffusion coefficient"),
+    (("err = 0.01,", ""), "Ea.err missing"),
+    (('tracer = "all"', 'tracer = "Br"'), "has no Br"),
+    (("temperatures_K = [400.0, 550.0, 700.0]", "temperatures_K = [400.0]"), "two or more temperatures"),
+    (('kind = "ln_prefactor"', 'kind = "ln_pref"'), "kind = 'ln_pref' unknown"),
+    (('mover = "I"\nbounds', 'mover = "Br"\nbounds'), "no target moves it"),
+    (("seed = 1", "seed = 1\nbogus = 2"), "unknown key(s) ['bogus']"),
+])
+def test_bad_targets_name_the_field(tmp_path, capsys, edit, msg):
+    text = (HEAD.format(seed=1, bounds="[-0.3, 0.3]") + TARGET.format(Ea=0.2, Ea_err=0.01, D=1e-6, D_err=1e-7))
+    assert edit[0] in text, edit
+    tp = _write(tmp_path, text.replace(*edit, 1))
+    with pytest.raises(CalibrationError) as ei:
+        load_targets(tp)
+    assert msg in str(ei.value)
+    out = tmp_path / "never.json"
+    assert main(["rates", "calibrate", str(tp), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kmc: error:") and msg in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_shipped_paper_preset_reproduces_its_recorded_targets(capsys):
+    """`catalog = "paper"`: made from the shipped target table and the current default catalog, and the KMC
+    run again at its parameters gives the model values its provenance records (within their KMC errors)."""
+    from importlib import resources
+
+    from rates.calibrate import target_rows
+
+    cat = load_catalog("paper")
+    cal = cat.provenance["calibration"]
+    spec = load_targets(resources.files("rates").joinpath("data/paper_targets.toml"))
+    assert cal["targets_sha256"] == spec.source_sha256, "paper preset is stale: rerun kmc rates calibrate"
+    base = load_catalog("default")
+    assert cal["base_catalog_sha256"] == base.sha256(), "default catalog changed: rebuild the paper preset"
+    x = [p["value"] for p in cal["parameters"]]
+    np.testing.assert_allclose(apply_parameters(base, spec.parameters, x).E_KRA_eV, cat.E_KRA_eV)
+    rows = target_rows(spec, Evaluator(spec, base).observables(x))
+    assert len(rows) == len(cal["targets"]) == 20
+    for r, rec in zip(rows, cal["targets"]):
+        assert (r["target"], r["quantity"]) == (rec["target"], rec["quantity"])
+        assert abs(r["model"] - rec["model"]) <= 3 * rec["model_err"] + 1e-12 * abs(rec["model"]), (r, rec)
+    assert main(["rates", "show", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "catalog: paper" in out and "calibrated to paper_targets.toml" in out
+
+
+def test_evaluation_budget_stops_with_the_best_point_and_says_so(tmp_path):
+    text = HEAD.format(seed=1, bounds="[-0.3, 0.3]").replace("events = 3000", "events = 500\nmax_evaluations = 2") \
+        + TARGET.format(Ea=0.3, Ea_err=0.01, D=1e-6, D_err=1e-7)
+    res = calibrate(load_targets(_write(tmp_path, text)), load_catalog("default"))
+    assert res["optimizer"]["status"] == -2 and not res["optimizer"]["converged"]
+    assert "evaluation budget (2)" in res["optimizer"]["message"]
+    assert res["n_evaluations"] >= 2 and all(math.isfinite(p["value"]) for p in res["parameters"])
+
+
+def test_bowing_moves_mixed_shells_only(tmp_path):
+    from rates.calibrate import Parameter
+    from lattice.environment import decode_class
+
+    base = load_catalog("default")
+    par = Parameter("E_KRA_bowing", "vacancy", "Br", (-0.5, 0.5))
+    cat = apply_parameters(base, [par], [-0.06])
+    d = cat.E_KRA_eV - base.E_KRA_eV
+    for c in range(d.size):
+        f = decode_class(c)
+        n = f["shell_nI"]
+        want = -0.06 * n * (12 - n) / 36 if (f["defect"], f["mover"]) == ("vacancy", "Br") else 0.0
+        assert d[c] == pytest.approx(want, abs=1e-15), (c, f)
+    text = (HEAD.format(seed=1, bounds="[-0.3, 0.3]") + TARGET.format(Ea=0.2, Ea_err=0.01, D=1e-6, D_err=1e-7))
+    text = text.replace('kind = "ln_prefactor"', 'kind = "E_KRA_bowing"')
+    with pytest.raises(CalibrationError, match="no random-mix vacancy target moves it"):
+        load_targets(_write(tmp_path, text))
