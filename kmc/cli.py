@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ce_fit_parser(rsub)
     add_ce_report_parser(rsub)
-    from rates.calibrate import add_calibrate_parser  # argparse only; the KMC loads on use
+    from workflows.calibrate import add_calibrate_parser  # argparse only; the KMC loads on use
 
     add_calibrate_parser(rsub)
     from md_reference.ce_data import add_ce_data_parser  # argparse only; ASE/LAMMPS load on use

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kmc.cli import main
-from rates.calibrate import CalibrationError, Evaluator, apply_parameters, calibrate, load_targets
+from workflows.calibrate import CalibrationError, Evaluator, apply_parameters, calibrate, load_targets
 from rates.catalog import load_catalog
 
 HEAD = """
@@ -146,7 +146,7 @@ def test_shipped_paper_preset_reproduces_its_recorded_targets(capsys):
     run again at its parameters gives the model values its provenance records (within their KMC errors)."""
     from importlib import resources
 
-    from rates.calibrate import target_rows
+    from workflows.calibrate import target_rows
 
     cat = load_catalog("paper")
     cal = cat.provenance["calibration"]
@@ -176,7 +176,7 @@ def test_evaluation_budget_stops_with_the_best_point_and_says_so(tmp_path):
 
 
 def test_bowing_moves_mixed_shells_only(tmp_path):
-    from rates.calibrate import Parameter
+    from workflows.calibrate import Parameter
     from lattice.environment import decode_class
 
     base = load_catalog("default")

@@ -555,7 +555,7 @@ def add_calibrate_parser(rsub) -> None:
     p = rsub.add_parser("calibrate", help="adjust catalog parameters so that KMC D(T) matches a target table "
                                           "(Arrhenius E_a, D0, D(T_ref)); residuals and errors in the provenance",
                         description=__doc__.split("\n\n")[0])
-    p.add_argument("targets", help="target table (TOML or JSON; see rates.calibrate)")
+    p.add_argument("targets", help="target table (TOML or JSON; see workflows.calibrate)")
     p.add_argument("--out", "-o", required=True, help="calibrated catalog to write")
     p.add_argument("--report", help="directory for calibration.md and calibration.json (default: beside --out)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
