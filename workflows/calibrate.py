@@ -64,6 +64,7 @@ import numpy as np
 from common.atomic import read_text_file
 from common.provenance import file_sha256, provenance
 from common.stats import fit_arrhenius, half_lattice_sq_to_cm2
+from common.units import K_B_EV
 
 DEFECTS = ("vacancy", "interstitial")
 MOVERS = ("I", "Br")
@@ -148,13 +149,18 @@ def _choice(d: dict, key: str, valid, where: str, default=None, required: bool =
     return d[key]
 
 
+def _only(d: dict, allowed, where: str) -> None:
+    """Refuse keys of ``d`` outside ``allowed``, naming them."""
+    bad = set(d) - set(allowed)
+    if bad:
+        raise CalibrationError(f"{where}: unknown key(s) {sorted(bad)}")
+
+
 def _quantity(q: str, v, where: str) -> dict:
     w = f"{where}.{q}"
     if not isinstance(v, dict):
         raise CalibrationError(f"{w} must be a table {{value, err, unit}}")
-    unknown = set(v) - {"value", "err", "unit", "T_K"}
-    if unknown:
-        raise CalibrationError(f"{w}: unknown key(s) {sorted(unknown)}")
+    _only(v, ("value", "err", "unit", "T_K"), w)
     if "unit" not in v:
         raise CalibrationError(f"{w}.unit missing")
     if "err" not in v:
@@ -219,9 +225,7 @@ def load_targets(path) -> CalibrationSpec:
         raise CalibrationError(f"{p}: no [[parameter]] to adjust")
     for i, d in enumerate(raw_p):
         w = f"parameter[{i}]"
-        bad = set(d) - {"kind", "defect", "mover", "bounds", "start"}
-        if bad:
-            raise CalibrationError(f"{w}: unknown key(s) {sorted(bad)}")
+        _only(d, ("kind", "defect", "mover", "bounds", "start"), w)
         kind = _choice(d, "kind", PARAMETER_KINDS, w)
         defect = _choice(d, "defect", DEFECTS, w)
         mover = _choice(d, "mover", MOVERS, w, required=False)
@@ -242,9 +246,7 @@ def load_targets(path) -> CalibrationSpec:
         raise CalibrationError(f"{p}: no [[target]]")
     for i, d in enumerate(raw_t):
         w = f"target[{i}]"
-        bad = set(d) - {"id", "defect", "structure", "species", "x_I", "tracer", *QUANTITIES}
-        if bad:
-            raise CalibrationError(f"{w}: unknown key(s) {sorted(bad)}")
+        _only(d, ("id", "defect", "structure", "species", "x_I", "tracer", *QUANTITIES), w)
         tid = d.get("id")
         if not isinstance(tid, str) or not tid:
             raise CalibrationError(f"{w}.id missing")
@@ -377,8 +379,8 @@ class Evaluator:
             except ValueError as exc:
                 raise CalibrationError(f"target {t.id!r}: {exc} (KMC gave D = {D.tolist()})") from None
             # the error of the extrapolated D_ref, from the fit's covariance
-            x_ref = -1.0 / (8.617333262e-5 * t_ref)
-            xs = -1.0 / (8.617333262e-5 * T)
+            x_ref = -1.0 / (K_B_EV * t_ref)
+            xs = -1.0 / (K_B_EV * T)
             w = (D / e) ** 2
             A = np.column_stack([xs, np.ones_like(xs)])
             cov = np.linalg.inv(A.T @ (A * w[:, None]))
@@ -434,19 +436,17 @@ def calibrate(spec: CalibrationSpec, base, progress=None) -> dict:
     x0 = np.array([p.start for p in spec.parameters])
     lo = np.array([p.bounds[0] for p in spec.parameters])
     hi = np.array([p.bounds[1] for p in spec.parameters])
-    _jac_budget_off = [False]
     steps = np.array([spec.diff_step_ln if p.kind == "ln_prefactor" else spec.diff_step for p in spec.parameters])
 
-    def jac(x, with_model_error=False):
+    def jac(x, with_model_error=False, budget=True):
         # forward differences with absolute steps (a step inside the bounds), on the cached evaluations:
         # steps large enough that the event order of the mixed cells changing does not dominate the slope
-        r0 = residuals(spec, obs_at(x, budget=not _jac_budget_off[0]), with_model_error)
+        r0 = residuals(spec, obs_at(x, budget), with_model_error)
         J = np.empty((r0.size, x.size))
         for j in range(x.size):
             xp = np.array(x, dtype=np.float64)
             xp[j] = xp[j] + steps[j] if xp[j] + steps[j] <= hi[j] else xp[j] - steps[j]
-            J[:, j] = (residuals(spec, obs_at(xp, budget=not _jac_budget_off[0]), with_model_error) - r0) \
-                / (xp[j] - x[j])
+            J[:, j] = (residuals(spec, obs_at(xp, budget), with_model_error) - r0) / (xp[j] - x[j])
         return J
 
     start_obs = obs_at(x0)
@@ -457,33 +457,30 @@ def calibrate(spec: CalibrationSpec, base, progress=None) -> dict:
     except _BudgetReached:
         x_best, status, nfev = best_seen["x"], -2, ev.n_evaluations
         message = f"stopped at the evaluation budget ({spec.max_evaluations}); the best point seen is kept"
-    sol = type("Solution", (), {"x": x_best, "status": status, "message": message, "nfev": nfev})
-    best = obs_at(sol.x, budget=False)
+    best = obs_at(x_best, budget=False)
     # errors: Jacobian of the residuals with target and KMC errors combined, at the optimum
     r0 = residuals(spec, best, with_model_error=True)
-    _jac_budget_off[0] = True
-    J = jac(sol.x, with_model_error=True)
+    J = jac(x_best, with_model_error=True, budget=False)
     try:
         cov = np.linalg.inv(J.T @ J)
         err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     except np.linalg.LinAlgError:
-        cov = np.full((sol.x.size, sol.x.size), np.nan)
-        err = np.full(sol.x.size, np.nan)
-    at_bound = [bool(np.isclose(v, a) or np.isclose(v, b)) for v, a, b in zip(sol.x, lo, hi)]
+        cov = np.full((x_best.size, x_best.size), np.nan)
+        err = np.full(x_best.size, np.nan)
+    at_bound = [bool(np.isclose(v, a) or np.isclose(v, b)) for v, a, b in zip(x_best, lo, hi)]
     rows = target_rows(spec, best)
     n_res = r0.size
     chi2 = float(np.sum(r0 ** 2))
-    cat = apply_parameters(base, spec.parameters, sol.x)
+    cat = apply_parameters(base, spec.parameters, x_best)
     result = {
         "parameters": [{"label": p.label, "kind": p.kind, "unit": PARAMETER_KINDS[p.kind], "value": float(v),
                         "err": float(e), "start": p.start, "bounds": list(p.bounds), "at_bound": ab,
                         "classes": len(p.classes())}
-                       for p, v, e, ab in zip(spec.parameters, sol.x, err, at_bound)],
+                       for p, v, e, ab in zip(spec.parameters, x_best, err, at_bound)],
         "covariance": cov.tolist(), "targets": rows, "start_targets": target_rows(spec, start_obs),
-        "chi2": chi2, "dof": n_res - sol.x.size, "n_evaluations": ev.n_evaluations,
+        "chi2": chi2, "dof": n_res - x_best.size, "n_evaluations": ev.n_evaluations,
         "optimizer": {"method": "scipy.optimize.least_squares trf (forward-difference Jacobian, absolute steps)",
-                      "status": int(sol.status), "converged": int(sol.status) > 0,
-                      "message": str(sol.message), "nfev": int(sol.nfev)},
+                      "status": status, "converged": status > 0, "message": message, "nfev": nfev},
         "all_within_error": all(r["within_error"] for r in rows),
     }
     prov = dict(cat.provenance)
