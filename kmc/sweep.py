@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,6 +166,17 @@ def _run_task(cfg_dict: dict) -> dict:
     return run_all(cfg, resume=True, progress=False)
 
 
+def _import_plotting() -> None:
+    try:
+        import h5py  # noqa: F401, PLC0415
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401, PLC0415
+    except Exception:  # noqa: BLE001 - plot_sweep reports a plotting problem itself
+        pass
+
+
 def _client(workers: int, scheduler: str | None, in_process: bool = False):
     try:
         from dask.distributed import Client, LocalCluster  # noqa: PLC0415
@@ -213,6 +225,9 @@ def run_sweep(path, *, workers: int = 1, scheduler: str | None = None, force: bo
 
             futs = {client.submit(_run_task, t["config"].to_dict(), key=f"kmc-task-{t['hash']}", retries=2,
                                   pure=False): t["hash"] for t in todo}
+            # the plotting libraries load while the workers run, so the table and plots after the last task
+            # cost their own time only
+            threading.Thread(target=_import_plotting, daemon=True).start()
             bar = tqdm(total=len(sw["tasks"]), initial=len(sw["tasks"]) - len(todo), desc="sweep", unit="task",
                        disable=not progress or not sys.stderr.isatty())
             for f in as_completed(futs):

@@ -192,3 +192,103 @@ def test_bowing_moves_mixed_shells_only(tmp_path):
     text = text.replace('kind = "ln_prefactor"', 'kind = "E_KRA_bowing"')
     with pytest.raises(CalibrationError, match="no random-mix vacancy target moves it"):
         load_targets(_write(tmp_path, text))
+
+
+CHECK = """
+[[check]]
+id = "E_i"
+kind = "interface_barrier"
+defect = "vacancy"
+interface = "Br-rich"
+shape = [8, 4, 4]
+thickness_I = 2
+thickness_Br = 2
+temperature_K = 600
+time_ns = 0.2
+replicas = 3
+value = 130
+err = 20
+unit = "meV"
+
+[[check]]
+id = "mix"
+kind = "mixing_events"
+defect = "interstitial"
+domain_species = "Br"
+shape = [6, 6, 6]
+domain_size = 2
+temperature_K = 600
+time_ns = 0.5
+replicas = 3
+value = 11
+"""
+
+
+def test_interface_barrier_of_planted_occupancies_is_exact():
+    """Occupancy per site exp(-E/kT) with E = 0.13 eV on the interface planes, 0.10 in the I layer and 0 in
+    the Br layer: the measured barrier is 0.13 eV whatever the I layer does."""
+    from common.units import K_B_EV
+    from lattice import HalideSublattice
+    from lattice.configurations import build_heterojunction
+    from lattice.species import BR
+    from workflows.calibrate_checks import interface_barrier
+
+    T = 600.0
+    cfg = build_heterojunction(HalideSublattice((16, 4, 4)), 8, 8, "Br-rich")
+    spp = cfg.lattice.sites_per_plane(cfg.axis).astype(float)
+    E = np.where(np.asarray(cfg.plane_region) == BR, 0.0, 0.10)
+    E[np.asarray(cfg.interface_planes)] = 0.13
+    occ = spp * np.exp(-E / (K_B_EV * T)) * 3.7e-9  # any overall scale (time)
+    assert interface_barrier(occ, cfg, T) == pytest.approx(0.13, abs=1e-12)
+    # the planes next to an interface do not count as Br layer
+    E2 = E.copy()
+    iface = np.asarray(cfg.interface_planes)
+    E2[(iface + 1) % E.size] = 0.5
+    E2[(iface - 1) % E.size] = 0.5
+    occ2 = spp * np.exp(-E2 / (K_B_EV * T))
+    assert interface_barrier(occ2, cfg, T) == pytest.approx(0.13, abs=1e-12)
+
+
+def test_checks_are_measured_at_start_and_calibrated_and_reported_not_fitted(tmp_path):
+    text = HEAD.format(seed=1, bounds="[-0.3, 0.3]").replace("events = 3000", "events = 500") \
+        + TARGET.format(Ea=0.2, Ea_err=0.02, D=1e-6, D_err=5e-7) + CHECK
+    tp = _write(tmp_path, text)
+    out = tmp_path / "cal.json"
+    assert main(["rates", "calibrate", str(tp), "--out", str(out), "-q"]) == 0
+    rep = json.loads((tmp_path / "calibration.json").read_text())
+    assert [c["id"] for c in rep["checks"]] == ["E_i", "mix"]
+    for c in rep["checks"]:
+        assert c["fitted"] is False
+        for name in ("start", "calibrated"):
+            assert math.isfinite(c[name]["value"]) and len(c[name]["replica_values"]) == 3
+    # the start column is the base catalog: the default's barrier shift is zero, so a rerun of the check
+    # with the default catalog gives the same numbers (same seeds)
+    from workflows.calibrate_checks import run_check
+
+    spec = load_targets(tp)
+    again = run_check(spec.checks[1], "default")
+    assert again["replica_values"] == rep["checks"][1]["start"]["replica_values"]
+    md = (tmp_path / "calibration.md").read_text()
+    assert "## Checks: measured, not fitted" in md and "| E_i | 130 +- 20 meV |" in md
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (('kind = "mixing_events"', 'kind = "mixing"'), "kind must be one of"),
+    (('unit = "meV"', 'unit = "K"'), "unit must be one of"),
+    (('unit = "meV"\n', ''), "unit must be one of"),
+    (("shape = [8, 4, 4]", "shape = [9, 4, 4]"), "check 'E_i': "),
+    (('id = "mix"', 'id = "E_i"'), "duplicate id 'E_i'"),
+    (("replicas = 3\nvalue = 11", "replicas = 1\nvalue = 11"), "check 'mix'.replicas must be an integer >= 2"),
+    (("time_ns = 0.5", "time_ns = -1"), "check 'mix'.time_ns must be a positive number"),
+    (("value = 11", "value = 11\nunit = \"eV\""), "unknown key(s) ['unit']"),
+    (('defect = "interstitial"', 'defect = "antisite"'), "check 'mix'.defect"),
+])
+def test_bad_checks_name_the_field(tmp_path, capsys, edit, msg):
+    text = HEAD.format(seed=1, bounds="[-0.3, 0.3]") + TARGET.format(Ea=0.2, Ea_err=0.01, D=1e-6, D_err=1e-7) + CHECK
+    assert edit[0] in text, edit
+    tp = _write(tmp_path, text.replace(*edit, 1))
+    out = tmp_path / "never.json"
+    assert main(["rates", "calibrate", str(tp), "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kmc: error:") and msg in err and "\n" not in err, err
+    assert not out.exists()

@@ -332,3 +332,40 @@ def test_single_worker_lanes_take_turns(tmp_path, monkeypatch):
     st = MM.run_missing_md(spec, tmp_path / "out", workers=1)
     assert calls == [(500.0, 1), (600.0, 1), (500.0, 1), (500.0, 1)]
     assert [s["status"] for s in st] == ["done", "done"]
+
+
+def test_several_workers_lanes_take_turns(tmp_path, monkeypatch):
+    """With two workers the lanes take turns too: a lane that needs more runs goes to the back of the queue,
+    so a third lane is started before the first two are done."""
+    import concurrent.futures as CF
+
+    import workflows.matrix_md as MM
+
+    spec = load_spec(write_spec(tmp_path))
+    monkeypatch.setattr(MM, "lane_status", lambda spec, recs, case: {"needs_run": True})
+    monkeypatch.setattr(MM, "load_records", lambda spec, case, out, pot: {float(T): [] for T in case.temperatures_K})
+    monkeypatch.setattr(MM, "_potential_sha", lambda spec: "x")
+    import dataclasses
+
+    case = dataclasses.replace(spec.cases[0], temperatures_K=(500.0, 600.0, 700.0))
+    spec = dataclasses.replace(spec, cases=(case,))
+    order, runs = [], {500.0: 0, 600.0: 0, 700.0: 0}
+
+    def fake_worker(args, max_new_runs=None):
+        T = args[2]
+        assert max_new_runs == 1
+        order.append(T)
+        runs[T] += 1
+        done = runs[T] >= 3
+        return {"case": args[1], "temperature_K": T, "status": "done" if done else "partial"}
+
+    class Threads(CF.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None):
+            super().__init__(max_workers=1)  # one thread: a deterministic order of the turns
+
+    monkeypatch.setattr(MM, "_lane_worker", fake_worker)
+    monkeypatch.setattr(CF, "ProcessPoolExecutor", Threads)
+    st = MM.run_missing_md(spec, tmp_path / "out", workers=2)
+    assert [s["status"] for s in st] == ["done", "done", "done"]
+    assert runs == {500.0: 3, 600.0: 3, 700.0: 3}
+    assert order[:3] == [500.0, 600.0, 700.0]  # 700 K starts before 500 K has its second run

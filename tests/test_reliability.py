@@ -543,3 +543,27 @@ def test_md_run_bad_arguments(tmp_path, capsys, extra):
     check_outcome(rc, err)
     assert rc == 2, (extra, err)
     assert not (tmp_path / "md").exists() or not any((tmp_path / "md").glob("T*.h5"))
+
+
+def test_kernel_caches_of_changed_sources_are_removed(tmp_path):
+    """numba keys a cache on the kernel's own file: an edit of a module it calls must remove the caches."""
+    import common.numba_cache as nc
+
+    for pkg in nc.SOURCE_PACKAGES:
+        (tmp_path / pkg / "__pycache__").mkdir(parents=True)
+        (tmp_path / pkg / "mod.py").write_text(f"X = 1  # {pkg}\n")
+    cached = [tmp_path / "kmc" / "__pycache__" / "_kernels.f-1.py311.nbi",
+              tmp_path / "kmc" / "__pycache__" / "_kernels.f-1.py311.1.nbc"]
+    for f in cached:
+        f.write_bytes(b"x")
+    keep = tmp_path / "kmc" / "__pycache__" / "mod.cpython-311.pyc"
+    keep.write_bytes(b"x")
+    assert nc.purge_stale_kernels(tmp_path) == 2  # no stamp yet: caches of unknown sources go
+    assert not any(f.exists() for f in cached) and keep.exists()
+    for f in cached:
+        f.write_bytes(b"x")
+    assert nc.purge_stale_kernels(tmp_path) == 0  # same sources: the caches stay
+    assert all(f.exists() for f in cached)
+    (tmp_path / "lattice" / "mod.py").write_text("X = 2\n")  # a module the kernels call changes
+    assert nc.purge_stale_kernels(tmp_path) == 2
+    assert not any(f.exists() for f in cached)

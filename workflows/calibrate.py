@@ -10,6 +10,10 @@ and the targets with units::
     replicas = 8
     events = 20000                  # KMC events per replica and temperature
     seed = 2026
+    max_evaluations = 200           # KMC evaluations at most (the best point seen is kept)
+    restarts = 3                    # fresh optimiser runs from the best point while the cost falls by > 1 %
+    diff_step = 0.01                # eV, finite-difference step of barrier parameters (Jacobian)
+    diff_step_ln = 0.1              # and of log prefactors: steps well above the KMC noise
 
     [[parameter]]
     kind = "E_KRA_shift"            # eV added to the KRA of the classes selected
@@ -65,6 +69,7 @@ from common.atomic import read_text_file
 from common.provenance import file_sha256, provenance
 from common.stats import fit_arrhenius, half_lattice_sq_to_cm2
 from common.units import K_B_EV
+from workflows.calibrate_checks import CheckError, check_rows, format_checks, load_checks
 
 DEFECTS = ("vacancy", "interstitial")
 MOVERS = ("I", "Br")
@@ -75,7 +80,7 @@ QUANTITIES = ("Ea", "D0", "D_ref")
 ENERGY_UNITS = {"eV": 1.0, "meV": 1e-3}
 D_UNITS = {"cm^2/s": 1.0, "1e-3 cm^2/s": 1e-3, "1e-7 cm^2/s": 1e-7, "m^2/s": 1e4, "A^2/ps": 1e-4}
 CALIBRATION_KEYS = {"base_catalog", "shape", "temperatures_K", "replicas", "events", "seed", "name", "diff_step",
-                    "diff_step_ln", "max_evaluations"}
+                    "diff_step_ln", "max_evaluations", "restarts"}
 
 
 class CalibrationError(ValueError):
@@ -124,6 +129,8 @@ class CalibrationSpec:
     diff_step: float  # absolute finite-difference step of the barrier shifts (eV)
     diff_step_ln: float  # and of the ln prefactors
     max_evaluations: int
+    restarts: int  # fresh least_squares runs from the best point while the cost still falls by > 1 %
+    checks: tuple  # workflows.calibrate_checks.Check: measured and reported, not fitted
     parameters: tuple[Parameter, ...]
     targets: tuple[Target, ...]
     source: str
@@ -197,7 +204,7 @@ def load_targets(path) -> CalibrationSpec:
         raise CalibrationError(f"{p}: cannot be parsed ({exc})") from None
     if not isinstance(data, dict):
         raise CalibrationError(f"{p}: not a table")
-    unknown = set(data) - {"calibration", "parameter", "target"}
+    unknown = set(data) - {"calibration", "parameter", "target", "check"}
     if unknown:
         raise CalibrationError(f"{p}: unknown section(s) {sorted(unknown)}")
     c = data.get("calibration", {})
@@ -214,7 +221,8 @@ def load_targets(path) -> CalibrationSpec:
     if len(set(temps)) != len(temps):
         raise CalibrationError(f"calibration.temperatures_K has duplicate temperatures: {list(temps)}")
     ints = {}
-    for k, dflt, lo in (("replicas", 8, 2), ("events", 20000, 100), ("seed", 0, 0), ("max_evaluations", 200, 1)):
+    for k, dflt, lo in (("replicas", 8, 2), ("events", 20000, 100), ("seed", 0, 0), ("max_evaluations", 200, 1),
+                        ("restarts", 3, 0)):
         v = c.get(k, dflt)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise CalibrationError(f"calibration.{k} must be an integer >= {lo}, got {v!r}")
@@ -285,13 +293,17 @@ def load_targets(path) -> CalibrationSpec:
         if not any(par.defect == d and (par.mover is None or par.mover == m) for d, m in used):
             raise CalibrationError(f"parameter {par.label}: no target moves it (no {par.defect} target "
                                    f"with {par.mover or 'any'} movers)")
+    try:
+        checks = load_checks(data.get("check"), ints["seed"])
+    except CheckError as exc:
+        raise CalibrationError(str(exc)) from None
     return CalibrationSpec(
         base_catalog=str(c.get("base_catalog", "default")), shape=tuple(shape), temperatures_K=temps,
         replicas=ints["replicas"], events=ints["events"], seed=ints["seed"],
         name=str(c.get("name", f"calibrated-{p.stem}")),
-        diff_step=_num(c.get("diff_step", 0.005), "calibration.diff_step", positive=True),
-        diff_step_ln=_num(c.get("diff_step_ln", 0.05), "calibration.diff_step_ln", positive=True),
-        max_evaluations=ints["max_evaluations"], parameters=tuple(params), targets=tuple(targets),
+        diff_step=_num(c.get("diff_step", 0.01), "calibration.diff_step", positive=True),
+        diff_step_ln=_num(c.get("diff_step_ln", 0.1), "calibration.diff_step_ln", positive=True),
+        max_evaluations=ints["max_evaluations"], restarts=ints["restarts"], checks=checks, parameters=tuple(params), targets=tuple(targets),
         source=str(p), source_sha256=file_sha256(p))
 
 
@@ -324,54 +336,80 @@ def apply_parameters(catalog, params, x) -> object:
 
 
 class Evaluator:
-    """KMC observables of every target for parameter values, with common random numbers."""
+    """KMC observables of every target for parameter values, with common random numbers.
+
+    Targets on the same cell (defect, structure, species or x_I) differ only in the tracer, so they share
+    one set of KMC runs: cells, defect sites and streams are keyed by the cell's index, the same at every
+    evaluation."""
 
     def __init__(self, spec: CalibrationSpec, base):
         from lattice import HalideSublattice, build_pure, build_random_mix, place_defects  # noqa: PLC0415
 
         self.spec, self.base = spec, base
         self.n_evaluations = 0
-        self.cells = {}
+        self.cells = {}  # cell key -> (cell index, configuration, defect sets of the replicas)
+        self.cell_of = {}  # target id -> cell key
         lat = HalideSublattice(spec.shape)
-        for ti, t in enumerate(spec.targets):
+        for t in spec.targets:
+            key = (t.defect, t.structure, t.species if t.structure == "pure" else round(float(t.x_I), 6))
+            self.cell_of[t.id] = key
+            if key in self.cells:
+                continue
+            ci = len(self.cells)
             if t.structure == "pure":
                 cfg = build_pure(lat, t.species)
             else:
-                cfg = build_random_mix(lat, t.x_I, seed=np.random.default_rng([spec.seed, ti, 1 << 20]))
+                cfg = build_random_mix(lat, t.x_I, seed=np.random.default_rng([spec.seed, ci, 1 << 20]))
             nv, ni = (1, 0) if t.defect == "vacancy" else (0, 1)
-            reps = [place_defects(cfg, nv, ni, seed=np.random.default_rng([spec.seed, ti, r, 1 << 21]))
+            reps = [place_defects(cfg, nv, ni, seed=np.random.default_rng([spec.seed, ci, r, 1 << 21]))
                     for r in range(spec.replicas)]
-            self.cells[t.id] = (ti, cfg, reps)
+            self.cells[key] = (ci, cfg, reps)
 
-    def D_per_T(self, catalog, target: Target) -> list[tuple[float, float, float]]:
-        """(T, mean D, sem) of the tracer's Eq. 1 D per defect over the replicas, cm^2/s."""
+    def cell_msd(self, catalog, key) -> list[tuple[float, np.ndarray, float]]:
+        """Per temperature: (T, per-replica tracer MSD per halide species in (a/2)^2, shape (replicas, 2),
+        per-replica simulated time in s)."""
         from kmc.simulation import Simulation  # noqa: PLC0415
-        from lattice.species import HALIDES  # noqa: PLC0415
 
-        ti, cfg, reps = self.cells[target.id]
-        x_I = float(np.mean(cfg.occ == 0))
-        fac = half_lattice_sq_to_cm2(catalog.lattice_constant(x_I))
+        ci, cfg, reps = self.cells[key]
         out = []
         for T in self.spec.temperatures_K:
-            vals = []
+            msd, times = [], []
             for r, defects in enumerate(reps):
-                seed = np.random.SeedSequence([self.spec.seed, ti, r, int(round(T * 1000))])
+                seed = np.random.SeedSequence([self.spec.seed, ci, r, int(round(T * 1000))])
                 sim = Simulation(cfg, defects, catalog, T, seed)
                 sim.advance(math.inf, max_events=self.spec.events)
-                msd = sim.state.msd.astype(np.float64)
-                m = msd.sum() if target.tracer == "all" else msd[HALIDES.index(target.tracer)]
-                vals.append(m * fac / (6.0 * sim.time_s) if sim.time_s > 0 else math.nan)
-            v = np.asarray(vals)
+                msd.append(sim.state.msd.astype(np.float64).copy())
+                times.append(sim.time_s)
+            out.append((T, np.asarray(msd), np.asarray(times)))
+        return out
+
+    def D_from_msd(self, catalog, target: Target, runs) -> list[tuple[float, float, float]]:
+        """(T, mean D, sem) of the target tracer's Eq. 1 D per defect over the replicas, cm^2/s."""
+        from lattice.species import HALIDES  # noqa: PLC0415
+
+        cfg = self.cells[self.cell_of[target.id]][1]
+        fac = half_lattice_sq_to_cm2(catalog.lattice_constant(float(np.mean(cfg.occ == 0))))
+        out = []
+        for T, msd, times in runs:
+            m = msd.sum(axis=1) if target.tracer == "all" else msd[:, HALIDES.index(target.tracer)]
+            v = np.where(times > 0, m * fac / (6.0 * np.where(times > 0, times, 1.0)), np.nan)
             out.append((T, float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(v.size))))
         return out
+
+    def D_per_T(self, catalog, target: Target) -> list[tuple[float, float, float]]:
+        """(T, mean D, sem) of one target, running its cell's KMC."""
+        return self.D_from_msd(catalog, target, self.cell_msd(catalog, self.cell_of[target.id]))
 
     def observables(self, x) -> dict:
         """Per target: D(T) and the Arrhenius fit (Ea eV, D0 and D_ref cm^2/s with errors)."""
         self.n_evaluations += 1
         cat = apply_parameters(self.base, self.spec.parameters, x)
-        res = {}
+        res, runs = {}, {}
         for t in self.spec.targets:
-            d = self.D_per_T(cat, t)
+            key = self.cell_of[t.id]
+            if key not in runs:
+                runs[key] = self.cell_msd(cat, key)
+            d = self.D_from_msd(cat, t, runs[key])
             T, D, e = (np.array(c) for c in zip(*d))
             t_ref = t.values.get("D_ref", {}).get("T_K", 300.0)
             try:
@@ -450,10 +488,22 @@ def calibrate(spec: CalibrationSpec, base, progress=None) -> dict:
         return J
 
     start_obs = obs_at(x0)
+    # KMC noise left by the common random numbers (a changed event order) can shrink the trust region
+    # far from the optimum; a fresh run from the best point restores it. Restarts stop when one gains
+    # less than 1 % in cost.
+    x_best, status, message, nfev, runs = x0, 0, "", 0, []
     try:
-        sol = least_squares(lambda x: residuals(spec, obs_at(x)), x0, jac=jac, bounds=(lo, hi), method="trf",
-                            x_scale=steps * 10, xtol=1e-3, ftol=1e-4)
-        x_best, status, message, nfev = sol.x, int(sol.status), str(sol.message), int(sol.nfev)
+        for _ in range(1 + spec.restarts):
+            sol = least_squares(lambda x: residuals(spec, obs_at(x)), x_best, jac=jac, bounds=(lo, hi),
+                                method="trf", x_scale=steps * 10, xtol=1e-3, ftol=1e-4)
+            prev = runs[-1]["cost"] if runs else float(np.sum(residuals(spec, start_obs) ** 2))
+            cost = float(np.sum(sol.fun ** 2))
+            runs.append({"cost": cost, "nfev": int(sol.nfev), "status": int(sol.status)})
+            if cost < prev:
+                x_best = sol.x
+            status, message, nfev = int(sol.status), str(sol.message), nfev + int(sol.nfev)
+            if cost > prev * 0.99:
+                break
     except _BudgetReached:
         x_best, status, nfev = best_seen["x"], -2, ev.n_evaluations
         message = f"stopped at the evaluation budget ({spec.max_evaluations}); the best point seen is kept"
@@ -480,7 +530,8 @@ def calibrate(spec: CalibrationSpec, base, progress=None) -> dict:
         "covariance": cov.tolist(), "targets": rows, "start_targets": target_rows(spec, start_obs),
         "chi2": chi2, "dof": n_res - x_best.size, "n_evaluations": ev.n_evaluations,
         "optimizer": {"method": "scipy.optimize.least_squares trf (forward-difference Jacobian, absolute steps)",
-                      "status": status, "converged": status > 0, "message": message, "nfev": nfev},
+                      "status": status, "converged": status > 0, "message": message, "nfev": nfev,
+                      "runs": runs},
         "all_within_error": all(r["within_error"] for r in rows),
     }
     prov = dict(cat.provenance)
@@ -580,11 +631,22 @@ def cmd_calibrate(args) -> int:
     res = calibrate(spec, base, progress=progress)
     cat = res.pop("catalog")
     cat.save(out)
+    checks = []
+    if spec.checks:
+        if not args.quiet:
+            print(f"checks: {len(spec.checks)} KMC measurements at the start and the calibrated catalog",
+                  file=sys.stderr, flush=True)
+        import tempfile  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="kmc-calibrate-") as d:
+            start = Path(d) / "start.json"
+            base.save(start)
+            checks = check_rows(spec.checks, {"start": str(start), "calibrated": str(out)})
     rep_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(rep_dir / "calibration.json", jsonable({**res, "catalog": str(out),
+    write_json_atomic(rep_dir / "calibration.json", jsonable({**res, "checks": checks, "catalog": str(out),
                                                               "catalog_sha256": cat.sha256(),
                                                               "provenance": provenance()}))
-    md = format_report(res, spec)
+    md = format_report(res, spec) + format_checks(checks)
     write_text_atomic(rep_dir / "calibration.md", md)
     print(md)
     print(f"wrote {out}")

@@ -240,11 +240,11 @@ def run_missing_md(spec: MatrixSpec, out, *, workers: int = 1, max_wall_s: float
                    cases: list[str] | None = None, kinisi: bool = True) -> list[dict]:
     """Run every lane that still needs runs, ``workers`` lanes at a time; returns the lane statuses.
 
-    With one worker the lanes take turns, one run each, so that a wall-time
-    limit leaves every lane nearer its target rather than the first ones done
-    and the last ones untouched.
+    The lanes take turns, one run each (with several workers, as many lanes at
+    once), so that a wall-time limit leaves every lane nearer its target rather
+    than the first ones done and the last ones untouched.
     """
-    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: PLC0415
     from multiprocessing import get_context  # noqa: PLC0415
 
     deadline = None if max_wall_s is None else time.time() + float(max_wall_s)
@@ -273,8 +273,26 @@ def run_missing_md(spec: MatrixSpec, out, *, workers: int = 1, max_wall_s: float
                     return list(final.values())  # the deadline has passed for every lane
             active = still
         return [final[x[1:3]] for x in lanes]
+    # several workers: the lanes take turns as well (one run per turn, a lane that needs more goes to the
+    # back of the queue), so the last lanes of the matrix are not left for a later sitting
+    final = {}
+    queue = list(lanes)
     with ProcessPoolExecutor(max_workers=int(workers), mp_context=get_context("spawn")) as ex:
-        return list(ex.map(_lane_worker, lanes))
+        running = {}
+        while queue or running:
+            while queue and len(running) < int(workers):
+                a = queue.pop(0)
+                running[ex.submit(_lane_worker, a, 1)] = a
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done:
+                a = running.pop(f)
+                st = f.result()
+                final[a[1:3]] = st
+                if st["status"] == "partial":
+                    queue.append(a)
+                elif st["status"] in ("out of time", "interrupted"):
+                    queue.clear()  # the deadline has passed; the running lanes stop at their checkpoints
+    return [final[x[1:3]] for x in lanes]
 
 
 def lane_table(spec: MatrixSpec, out) -> list[dict]:
