@@ -87,8 +87,10 @@ def fit_arrhenius(temperature_K, D, D_err=None, T_ref_K: float = 300.0) -> dict:
     Returns
     -------
     dict with ``Ea_eV``, ``Ea_err_eV``, ``D0``, ``D0_err`` (same unit as D),
-    ``D_ref`` at ``T_ref_K`` and ``n_points``. Errors from the covariance of
-    the fit (scaled by the residuals when unweighted).
+    ``D_ref`` at ``T_ref_K`` with ``D_ref_err`` (the covariance of E_a and
+    ln D0 propagated) and ``n_points``. Errors from the covariance of the fit:
+    from the given errors when weighted (also for two points), scaled by the
+    residuals when unweighted (NaN for two points).
     """
     T = np.asarray(temperature_K, dtype=np.float64)
     y = np.asarray(D, dtype=np.float64)
@@ -103,22 +105,28 @@ def fit_arrhenius(temperature_K, D, D_err=None, T_ref_K: float = 300.0) -> dict:
         e = np.asarray(D_err, dtype=np.float64)[ok]
         if np.all(np.isfinite(e) & (e > 0)):
             w = y / e
-    if T.size == 2:
+    if w is not None:  # known errors: the covariance follows from them, also for exactly two points
+        coef, cov = np.polyfit(x, ln, 1, w=w, cov="unscaled")
+    elif T.size == 2:  # no errors and no residual to estimate them from
         coef = np.polyfit(x, ln, 1)
         cov = np.full((2, 2), np.nan)
     else:
-        coef, cov = np.polyfit(x, ln, 1, w=w, cov="unscaled" if w is not None else True)
+        coef, cov = np.polyfit(x, ln, 1, cov=True)
     ea, ln_d0 = float(coef[0]), float(coef[1])
     ea_err = float(math.sqrt(cov[0, 0])) if np.isfinite(cov[0, 0]) else math.nan
     ln_err = float(math.sqrt(cov[1, 1])) if np.isfinite(cov[1, 1]) else math.nan
     d0 = math.exp(ln_d0)
+    d_ref = d0 * math.exp(-ea / (K_B_EV * T_ref_K))
+    g = np.array([-1.0 / (K_B_EV * T_ref_K), 1.0])  # d ln D_ref / d (E_a, ln D0)
+    var_ref = float(g @ cov @ g)
     return {
         "Ea_eV": ea,
         "Ea_err_eV": ea_err,
         "D0": d0,
         "D0_err": d0 * ln_err,
         "T_ref_K": T_ref_K,
-        "D_ref": d0 * math.exp(-ea / (K_B_EV * T_ref_K)),
+        "D_ref": d_ref,
+        "D_ref_err": d_ref * math.sqrt(var_ref) if np.isfinite(var_ref) and var_ref >= 0 else math.nan,
         "n_points": int(T.size),
     }
 

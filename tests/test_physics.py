@@ -162,3 +162,25 @@ def test_boltzmann_occupancy_of_vacancy_surroundings():
     p_sem = per_block.std(axis=0, ddof=1) / math.sqrt(per_block.shape[0])
     for k in n[p_exact > 0.01]:
         assert abs(p_hat[k] - p_exact[k]) < 4 * p_sem[k], (k, p_hat[k], p_exact[k], p_sem[k])
+
+
+def test_arrhenius_errors_from_known_errors_also_for_two_points():
+    """Two temperatures with errors: the line goes through both points and its errors are the exact
+    propagation, var(E_a) = (s1^2 + s2^2) / (x1 - x2)^2 with x = -1/kT and s = relative errors; D(T_ref)
+    at one of the two temperatures has that point's own error. Monte Carlo over noisy points agrees."""
+    T = np.array([400.0, 700.0])
+    Ea, D0 = 0.2, 1e-3
+    D = D0 * np.exp(-Ea / (K_B_EV * T))
+    rel = np.array([0.05, 0.1])
+    fit = fit_arrhenius(T, D, rel * D, T_ref_K=400.0)
+    x = -1.0 / (K_B_EV * T)
+    assert fit["Ea_eV"] == pytest.approx(Ea, rel=1e-9)
+    assert fit["Ea_err_eV"] == pytest.approx(math.sqrt((rel ** 2).sum()) / abs(x[0] - x[1]), rel=1e-9)
+    assert fit["D_ref"] == pytest.approx(D[0], rel=1e-9)
+    assert fit["D_ref_err"] == pytest.approx(rel[0] * D[0], rel=1e-9)
+    rng = np.random.default_rng(5)
+    ref = [fit_arrhenius(T, D * np.exp(rng.normal(0, rel)), rel * D, T_ref_K=300.0)["D_ref"] for _ in range(4000)]
+    spread = np.std(np.log(ref))  # relative error of D(300 K) from 4000 noisy pairs, +-1.1 % (chi2 with 3999 dof)
+    assert spread == pytest.approx(fit_arrhenius(T, D, rel * D, T_ref_K=300.0)["D_ref_err"]
+                                   / fit_arrhenius(T, D, rel * D, T_ref_K=300.0)["D_ref"], rel=0.05)
+    assert math.isnan(fit_arrhenius(T, D)["Ea_err_eV"])  # no errors, no residual: no error claimed

@@ -68,7 +68,6 @@ import numpy as np
 from common.atomic import read_text_file
 from common.provenance import file_sha256, provenance
 from common.stats import fit_arrhenius, half_lattice_sq_to_cm2
-from common.units import K_B_EV
 from workflows.calibrate_checks import CheckError, check_rows, format_checks, load_checks
 
 DEFECTS = ("vacancy", "interstitial")
@@ -416,14 +415,6 @@ class Evaluator:
                 fit = fit_arrhenius(T, D, e, T_ref_K=t_ref)
             except ValueError as exc:
                 raise CalibrationError(f"target {t.id!r}: {exc} (KMC gave D = {D.tolist()})") from None
-            # the error of the extrapolated D_ref, from the fit's covariance
-            x_ref = -1.0 / (K_B_EV * t_ref)
-            xs = -1.0 / (K_B_EV * T)
-            w = (D / e) ** 2
-            A = np.column_stack([xs, np.ones_like(xs)])
-            cov = np.linalg.inv(A.T @ (A * w[:, None]))
-            g = np.array([x_ref, 1.0])
-            fit["D_ref_err"] = float(fit["D_ref"] * math.sqrt(g @ cov @ g))
             res[t.id] = {"D_per_T": [{"temperature_K": a, "D_cm2_s": b, "err_cm2_s": c} for a, b, c in d], **fit}
         return res
 
