@@ -133,11 +133,28 @@ def test_too_few_hops_get_no_verdict(tmp_path):
     (("species = \"I\"", "species = \"I\"\nx_I = 0.5"), "does not apply"),
     (("compare = \"diffusion\"", "compare = \"profile\""), "needs a heterojunction"),
     (("min_hops = 50", "min_hops = 50\nbogus = 1"), "unknown key 'bogus'"),
+    (("compare = \"diffusion\"", "compare = \"diffusion\"\ntarget_hops = {550 = 80}"), "550 K is not one of"),
+    (("compare = \"diffusion\"", "compare = \"diffusion\"\ntarget_hops = {hot = 80}"), "'hot' is not a temperature"),
 ])
 def test_spec_errors_name_the_field(tmp_path, edit, msg):
     text = (SPEC_HEAD + CASE).replace(*edit)
     with pytest.raises(SpecError, match=msg):
         load_spec(write_spec(tmp_path, text))
+
+
+def test_target_hops_per_temperature(tmp_path):
+    """A table of target hops extends one temperature's lane only; the others keep min_hops."""
+    from workflows.matrix_md import lane_status
+
+    text = (SPEC_HEAD + CASE).replace('compare = "diffusion"', 'compare = "diffusion"\ntarget_hops = {600 = 120}')
+    spec = load_spec(write_spec(tmp_path, text))
+    case = spec.cases[0]
+    recs = [{"tracking": {"n_hops": 60}}, {"tracking": {"n_hops": 40}}]
+    assert lane_status(spec, recs, case, 500.0) == {"n_runs": 2, "n_hops": 100, "needs_run": False, "next_run": 2,
+                                                    "min_hops": 50}
+    st = lane_status(spec, recs, case, 600.0)
+    assert st["needs_run"] and st["min_hops"] == 120
+    assert case.physics_hash("x", 1) == load_spec(write_spec(tmp_path)).cases[0].physics_hash("x", 1)
 
 
 def test_record_from_another_potential_is_refused(tmp_path):
@@ -342,7 +359,7 @@ def test_several_workers_lanes_take_turns(tmp_path, monkeypatch):
     import workflows.matrix_md as MM
 
     spec = load_spec(write_spec(tmp_path))
-    monkeypatch.setattr(MM, "lane_status", lambda spec, recs, case: {"needs_run": True})
+    monkeypatch.setattr(MM, "lane_status", lambda spec, recs, case, T: {"needs_run": True})
     monkeypatch.setattr(MM, "load_records", lambda spec, case, out, pot: {float(T): [] for T in case.temperatures_K})
     monkeypatch.setattr(MM, "_potential_sha", lambda spec: "x")
     import dataclasses

@@ -434,7 +434,7 @@ def run_matrix(spec_path, out, *, run_md: bool = True, workers: int = 1, max_wal
         records = all_records[case.id]
         for T in case.temperatures_K:
             recs = records[float(T)]
-            stt = lane_status(spec, recs, case)
+            stt = lane_status(spec, recs, case, T)
             report["lanes"].append({"case": case.id, "temperature_K": float(T), "n_runs": stt["n_runs"],
                                     "n_hops": stt["n_hops"], "md_ps": float(sum(r["duration_ps"] for r in recs)),
                                     "max_runs": case.md.max_runs,

@@ -89,11 +89,11 @@ def load_records(spec: MatrixSpec, case: Case, out, potential_sha: str | None = 
     return out_d
 
 
-def lane_status(spec: MatrixSpec, records: list[dict], case: Case) -> dict:
-    """Hops, runs and whether a lane needs another run."""
+def lane_status(spec: MatrixSpec, records: list[dict], case: Case, temperature_K: float) -> dict:
+    """Hops, runs and whether the lane of this temperature needs another run."""
     hops = int(sum(r["tracking"]["n_hops"] for r in records))
     n = len(records)
-    want = case.target_hops or case.min_hops or spec.min_hops
+    want = case.hops_wanted(temperature_K, spec.min_hops)
     return {"n_runs": n, "n_hops": hops, "needs_run": hops < want and n < case.md.max_runs, "next_run": n,
             "min_hops": want}
 
@@ -194,7 +194,7 @@ def run_lane(spec: MatrixSpec, case: Case, temperature_K: float, out, deadline: 
     n_new = 0
     while True:
         recs = load_records(spec, case, out, pot_sha)[float(temperature_K)]
-        st = lane_status(spec, recs, case)
+        st = lane_status(spec, recs, case, temperature_K)
         if not st["needs_run"]:
             return {"case": case.id, "temperature_K": temperature_K, "status": "done", **st}
         left = None if deadline is None else deadline - time.time()
@@ -255,7 +255,7 @@ def run_missing_md(spec: MatrixSpec, out, *, workers: int = 1, max_wall_s: float
             continue
         recs = load_records(spec, case, out, pot_sha)
         for T in case.temperatures_K:
-            if lane_status(spec, recs[float(T)], case)["needs_run"]:
+            if lane_status(spec, recs[float(T)], case, T)["needs_run"]:
                 lanes.append((spec.path, case.id, float(T), str(out), deadline, kinisi))
     if not lanes:
         return []
@@ -302,7 +302,7 @@ def lane_table(spec: MatrixSpec, out) -> list[dict]:
     for case in spec.cases:
         recs = load_records(spec, case, out, pot_sha)
         for T in case.temperatures_K:
-            st = lane_status(spec, recs[float(T)], case)
+            st = lane_status(spec, recs[float(T)], case, T)
             ps = sum(r["duration_ps"] for r in recs[float(T)])
             rows.append({"case": case.id, "temperature_K": float(T), "md_ps": ps, **st})
     return rows

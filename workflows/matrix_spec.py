@@ -12,7 +12,8 @@ Layout (see ``validation/matrix.toml``, the committed default)::
               thickness_I, thickness_Br, interface; domain_species, domain_size),
               shape, temperatures_K, compare (diffusion | profile | mixing),
               where (defect placement rule), min_hops (more for profiles and mixing),
-              target_hops (hops per temperature the MD lanes run for, default min_hops), and any
+              target_hops (hops per temperature the MD lanes run for: a number, or a table
+              {temperature = hops}; default min_hops), and any
               [md] key as an override.
 
 Every field is checked once, here; an error names the case and the field.
@@ -77,7 +78,14 @@ class Case:
     where: str | int
     md: MDParams
     min_hops: int | None = None
-    target_hops: int | None = None
+    target_hops: int | dict | None = None  # one number, or {temperature_K: hops}
+
+    def hops_wanted(self, temperature_K: float, default: int) -> int:
+        """Hops the MD lane at this temperature runs for."""
+        th = self.target_hops
+        if isinstance(th, dict):
+            th = th.get(float(temperature_K))
+        return int(th or self.min_hops or default)
 
     def physics(self, potential_sha256: str, seed: int) -> dict:
         """What determines the case's MD (the hash of the compact records)."""
@@ -194,6 +202,24 @@ def _params(raw: dict, structure: str, where: str) -> dict:
     return p
 
 
+def _target_hops(th, temperatures: tuple, where: str):
+    """``target_hops``: one number for every temperature, or a table {temperature = hops}."""
+    if th is None:
+        return None
+    if not isinstance(th, dict):
+        return _int(th, f"{where}.target_hops", 1)
+    out = {}
+    for k, v in th.items():
+        try:
+            T = float(k)
+        except ValueError:
+            raise SpecError(f"{where}.target_hops: key {k!r} is not a temperature in K") from None
+        if T not in temperatures:
+            raise SpecError(f"{where}.target_hops: {k} K is not one of temperatures_K {list(temperatures)}")
+        out[T] = _int(v, f"{where}.target_hops.{k}", 1)
+    return out
+
+
 def load_spec(path) -> MatrixSpec:
     """Read and check a matrix spec (TOML)."""
     p = Path(path)
@@ -281,7 +307,7 @@ def load_spec(path) -> MatrixSpec:
         cases.append(Case(id=cid, defect=defect, structure=structure, params=_params(c, structure, where),
                           shape=_shape(c["shape"], f"{where}.shape"), temperatures_K=T, compare=compare,
                           where=wh, md=md, min_hops=None if mh is None else _int(mh, f"{where}.min_hops", 1),
-                          target_hops=None if th is None else _int(th, f"{where}.target_hops", 1)))
+                          target_hops=_target_hops(th, T, where)))
     import hashlib as _h  # noqa: PLC0415
 
     return MatrixSpec(path=str(p), potential=f"{kind}:{pp}", potential_path=str(pp),
