@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from kmc.cli import main
-from workflows.calibrate import CalibrationError, Evaluator, apply_parameters, calibrate, load_targets
+from workflows.calibrate import CalibrationError, Evaluator, apply_parameters, calibrate, format_report, load_targets
 from rates.catalog import load_catalog
 
 HEAD = """
@@ -269,7 +270,7 @@ def test_checks_are_measured_at_start_and_calibrated_and_reported_not_fitted(tmp
     again = run_check(spec.checks[1], "default")
     assert again["replica_values"] == rep["checks"][1]["start"]["replica_values"]
     md = (tmp_path / "calibration.md").read_text()
-    assert "## Checks: measured, not fitted" in md and "| E_i | 130 +- 20 meV |" in md
+    assert "## Checks: measured, not fitted" in md and "| E_i | no | 130 +- 20 meV |" in md
 
 
 @pytest.mark.parametrize("edit,msg", [
@@ -292,3 +293,177 @@ def test_bad_checks_name_the_field(tmp_path, capsys, edit, msg):
     err = capsys.readouterr().err.strip()
     assert err.startswith("kmc: error:") and msg in err and "\n" not in err, err
     assert not out.exists()
+
+
+CE_HEAD = """
+[calibration]
+shape = [4, 4, 4]
+temperatures_K = [400.0, 700.0]
+replicas = 3
+events = 500
+seed = {seed}
+ce_cutoffs_a = [1.01, 1.01, 1.01]
+
+[[parameter]]
+kind = "ce_defect"
+defect = "vacancy"
+name = "asym"
+terms = {{1 = -1.0, 10 = 1.0}}
+bounds = [-0.04, 0.04]
+"""
+CE_CHECK = """
+[[check]]
+id = "E_i"
+kind = "interface_barrier"
+defect = "vacancy"
+interface = "Br-rich"
+shape = [8, 4, 4]
+thickness_I = 2
+thickness_Br = 2
+temperature_K = 600
+time_ns = 1.0
+replicas = 8
+value = {value}
+err = {err}
+unit = "eV"
+fit = true
+"""
+
+
+def test_ce_defect_parameter_sets_the_local_orbit_terms(tmp_path):
+    from lattice.cluster_expansion import local_orbits_of
+
+    spec = load_targets(_write(tmp_path, CE_HEAD.format(seed=1) + CE_CHECK.format(value=0.1, err=0.02)))
+    (par,) = spec.parameters
+    assert par.label == "ce_defect:vacancy:asym" and par.terms == ((1, -1.0), (10, 1.0))
+    base = load_catalog("default")
+    cat = apply_parameters(base, spec.parameters, [0.012])
+    ce = cat.cluster_expansion
+    want = np.zeros(len(local_orbits_of((1.01, 1.01, 1.01))))
+    want[1], want[10] = -0.012, 0.012
+    np.testing.assert_array_equal(ce.defect_eV["vacancy"], want)
+    assert not np.any(ce.defect_eV["interstitial"]) and not np.any(ce.host_eci_eV)
+    assert base.cluster_expansion is None  # the base is not changed
+    np.testing.assert_array_equal(cat.E_KRA_eV, base.E_KRA_eV)
+    # in a pure crystal every site has the same defect terms: the term moves no pure-cell energy difference,
+    # so a table with only pure targets is refused
+    text = CE_HEAD.format(seed=1) + TARGET.format(Ea=0.2, Ea_err=0.01, D=1e-6, D_err=1e-7)
+    with pytest.raises(CalibrationError, match="no random-mix vacancy target or fitted vacancy check moves it"):
+        load_targets(_write(tmp_path, text))
+
+
+def test_fitted_interface_check_recovers_a_known_ce_term(tmp_path):
+    """The interface barrier measured by independent KMC (another seed) at a known defect term is fitted back:
+    the recovered value lies within 3 of its errors of the true one, and the barrier moved by the term."""
+    from workflows.calibrate_checks import run_check
+
+    true = 0.012
+    spec_true = load_targets(_write(tmp_path, CE_HEAD.format(seed=77) + CE_CHECK.format(value=0.1, err=0.02),
+                                    "true.toml"))
+    cat_true = apply_parameters(load_catalog("default"), spec_true.parameters, [true])
+    cat_true.save(tmp_path / "true.json")
+    meas = run_check(spec_true.checks[0], str(tmp_path / "true.json"))
+    zero = run_check(spec_true.checks[0], "default")
+    assert meas["value"] - zero["value"] > 3 * math.hypot(meas["err"], zero["err"])  # the term raises E_i
+    spec = load_targets(_write(tmp_path, CE_HEAD.format(seed=5) + CE_CHECK.format(value=meas["value"],
+                                                                                  err=meas["err"])))
+    res = calibrate(spec, load_catalog("default"))
+    (p,) = res["parameters"]
+    assert math.isfinite(p["err"]) and p["err"] > 0
+    assert abs(p["value"] - true) <= 3 * p["err"], p
+    assert res["fitted_checks"][0]["id"] == "E_i" and res["dof"] == 0
+    assert res["catalog"].cluster_expansion.defect_eV["vacancy"][10] == pytest.approx(p["value"])
+
+
+def test_stages_fit_in_order_with_the_others_held(tmp_path):
+    text = (HEAD.format(seed=1, bounds="[-0.3, 0.3]").replace("events = 3000", "events = 500")
+            .replace("seed = 1\n", "seed = 1\nce_cutoffs_a = [1.01, 1.01, 1.01]\n")
+            + CE_HEAD.format(seed=1).split("ce_cutoffs_a = [1.01, 1.01, 1.01]\n")[1]
+            + TARGET.format(Ea=0.25, Ea_err=0.02, D=1e-6, D_err=5e-7)
+            + CE_CHECK.format(value=0.1, err=0.03).replace("replicas = 8", "replicas = 3")
+            .replace("time_ns = 1.0", "time_ns = 0.3")
+            + """
+[[stage]]
+name = "pure D"
+parameters = ["E_KRA_shift:vacancy:I", "ln_prefactor:vacancy:I"]
+targets = ["V_I"]
+max_evaluations = 8
+
+[[stage]]
+name = "interface"
+parameters = ["ce_defect:vacancy:asym"]
+targets = ["E_i"]
+max_evaluations = 6
+""")
+    spec = load_targets(_write(tmp_path, text))
+    assert [s.name for s in spec.stages] == ["pure D", "interface"] and spec.stages[1].checks == ("E_i",)
+    res = calibrate(spec, load_catalog("default"))
+    st = res["optimizer"]["stages"]
+    assert [s["parameters"] for s in st] == [["E_KRA_shift:vacancy:I", "ln_prefactor:vacancy:I"],
+                                             ["ce_defect:vacancy:asym"]]
+    assert st[1]["n_evaluations"] <= 6 + 2  # its budget, plus the error Jacobian at its end
+    cov = np.array(res["covariance"])
+    assert np.all(np.isnan(cov[:2, 2])) and np.all(np.isnan(cov[2, :2]))  # block-diagonal by stage
+    # the pure-cell D does not depend on the vacancy's defect terms: the stage-1 fit stands after stage 2
+    v = {p["label"]: p["value"] for p in res["parameters"]}
+    x1 = [v["E_KRA_shift:vacancy:I"], v["ln_prefactor:vacancy:I"], 0.0]
+    ev = Evaluator(spec, load_catalog("default"))
+    assert ev.observables(x1, check_ids=())["V_I"]["Ea_eV"] == pytest.approx(res["targets"][0]["model"], abs=1e-12)
+    md = format_report(res, spec)
+    assert "| pure D |" in md and "| interface |" in md
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (('name = "asym"\n', ''), "name missing"),
+    (("terms = {1 = -1.0, 10 = 1.0}", "terms = {99 = 1.0}"), "local orbit 99 does not exist"),
+    (("terms = {1 = -1.0, 10 = 1.0}", "terms = {one = 1.0}"), "key 'one' is not a local orbit"),
+    (("ce_cutoffs_a = [1.01, 1.01, 1.01]\n", ""), "needs calibration.ce_cutoffs_a"),
+    (("ce_cutoffs_a = [1.01, 1.01, 1.01]", "ce_cutoffs_a = [-1]"), "calibration.ce_cutoffs_a"),
+    (("fit = true", "fit = 1"), "fit must be true or false"),
+    (("fit = true", "fit = false"), "no [[target]] (and no [[check]] with fit = true)"),
+    (('kind = "ce_defect"', 'kind = "ce_defect"\nmover = "I"'), "mover does not apply"),
+])
+def test_bad_ce_parameters_and_fitted_checks_name_the_field(tmp_path, edit, msg):
+    text = CE_HEAD.format(seed=1) + CE_CHECK.format(value=0.1, err=0.02)
+    assert edit[0] in text, edit
+    with pytest.raises(CalibrationError, match=re.escape(msg)):
+        load_targets(_write(tmp_path, text.replace(*edit, 1)))
+
+
+@pytest.mark.parametrize("stage,msg", [
+    ('parameters = ["E_KRA_shift:vacancy:Br"]', "is no parameter"),
+    ('parameters = ["ce_defect:vacancy:asym"]\ntargets = ["nope"]', "'nope' is no target or check id"),
+    ('parameters = []', "must list parameter labels"),
+    ('parameters = ["ce_defect:vacancy:asym"]\nbogus = 1', "unknown key(s) ['bogus']"),
+    ('parameters = ["ce_defect:vacancy:asym"]\nmax_evaluations = 0', "max_evaluations must be an integer >= 1"),
+])
+def test_bad_stages_name_the_field(tmp_path, stage, msg):
+    text = CE_HEAD.format(seed=1) + CE_CHECK.format(value=0.1, err=0.02) + "\n[[stage]]\n" + stage + "\n"
+    with pytest.raises(CalibrationError, match=re.escape(msg)):
+        load_targets(_write(tmp_path, text))
+    two = CE_HEAD.format(seed=1) + CE_CHECK.format(value=0.1, err=0.02) + """
+[[parameter]]
+kind = "ce_defect"
+defect = "vacancy"
+name = "sym"
+terms = {4 = 1.0}
+[[check]]
+id = "E_i2"
+kind = "interface_barrier"
+defect = "vacancy"
+interface = "I-rich"
+shape = [8, 4, 4]
+thickness_I = 2
+thickness_Br = 2
+temperature_K = 600
+time_ns = 0.2
+value = 0
+err = 0.02
+unit = "eV"
+fit = true
+[[stage]]
+parameters = ["ce_defect:vacancy:asym"]
+targets = ["E_i"]
+"""
+    with pytest.raises(CalibrationError, match=re.escape("['ce_defect:vacancy:sym'] are in no [[stage]]")):
+        load_targets(_write(tmp_path, two))

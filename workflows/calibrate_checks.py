@@ -1,11 +1,11 @@
-"""Observables of a target table that are measured and reported beside the fit, not fitted (``[[check]]``).
+"""Heterojunction and nanodomain observables of a target table (``[[check]]``): measured, or fitted.
 
-Some results a user wants to see next to a calibration have no catalog
-parameter that moves them yet, e.g. the interface barrier of a vacancy, which
-needs interface terms of the energy model. A ``[[check]]`` runs the KMC
-(``kmc run``'s engine and summary) at the start and at the calibrated catalog
-and reports model against target side by side, so a table says which targets
-a preset meets and which it does not::
+A ``[[check]]`` runs the KMC (``kmc run``'s engine and summary) at the start
+and at the calibrated catalog and reports model against target side by side,
+so a table says which targets a preset meets and which it does not. With
+``fit = true`` it is also a residual of the fit (it needs a parameter that
+moves it, e.g. a ``ce_defect`` term of the cluster expansion for an interface
+barrier); without, it is measured only::
 
     [[check]]
     id = "E_i vacancy, Br-rich"
@@ -21,6 +21,7 @@ a preset meets and which it does not::
     value = 130
     err = 20
     unit = "meV"                    # eV | meV
+    fit = true                      # a residual of the fit (default false: measured and reported only)
 
     [[check]]
     id = "Fig. 5 Br domain, vacancy"
@@ -54,9 +55,9 @@ import numpy as np
 CHECK_KINDS = ("interface_barrier", "mixing_events")
 CHECK_KEYS = {
     "interface_barrier": {"id", "kind", "defect", "interface", "shape", "thickness_I", "thickness_Br",
-                          "temperature_K", "events", "time_ns", "replicas", "value", "err", "unit"},
+                          "temperature_K", "events", "time_ns", "replicas", "value", "err", "unit", "fit"},
     "mixing_events": {"id", "kind", "defect", "domain_species", "shape", "domain_size", "temperature_K",
-                      "time_ns", "replicas", "value", "err"},
+                      "time_ns", "replicas", "value", "err", "fit"},
 }
 UNITS = {"eV": 1.0, "meV": 1e-3}
 
@@ -76,6 +77,7 @@ class Check:
     value: float  # eV for interface_barrier, a count for mixing_events
     err: float
     unit: str
+    fit: bool = False  # a residual of the fit, not only measured
 
 
 def _int(v, where, lo):
@@ -160,7 +162,10 @@ def load_checks(raw, seed: int) -> tuple[Check, ...]:
             build_inputs(resolve(cfg), 0, 0)
         except (ConfigError, ValueError) as exc:
             raise CheckError(f"{where}: {exc}") from None
-        out.append(Check(cid, kind, defect, T, reps, cfg, value, err, unit))
+        fit = c.get("fit", False)
+        if not isinstance(fit, bool):
+            raise CheckError(f"{where}.fit must be true or false, got {fit!r}")
+        out.append(Check(cid, kind, defect, T, reps, cfg, value, err, unit, fit))
     return tuple(out)
 
 
@@ -224,7 +229,7 @@ def check_rows(checks, catalogs: dict) -> list[dict]:
     for c in checks:
         row = {"id": c.id, "kind": c.kind, "defect": c.defect, "temperature_K": c.temperature_K,
                "target": c.value, "target_err": c.err, "unit": "eV" if c.kind == "interface_barrier" else "events",
-               "fitted": False}
+               "fitted": c.fit}
         for name, path in catalogs.items():
             m = run_check(c, path)
             comb = math.hypot(c.err, m["err"]) if math.isfinite(m["err"]) else c.err
@@ -237,11 +242,17 @@ def check_rows(checks, catalogs: dict) -> list[dict]:
 def format_checks(rows: list[dict], names=("start", "calibrated")) -> str:
     if not rows:
         return ""
-    lines = ["", "## Checks: measured, not fitted", "",
-             "No parameter of this calibration moves these observables (they need terms the optimiser does not "
-             "vary); they are measured with the KMC at the start and at the calibrated catalog.", "",
-             "| check | target | " + " | ".join(names) + " | z (calibrated) | within error |",
-             "|---|---|" + "---|" * len(names) + "---|---|"]
+    if any(r["fitted"] for r in rows):
+        lines = ["", "## Checks: heterojunction and nanodomain observables", "",
+                 "Measured with the KMC with the base catalog (start column) and the calibrated catalog; those marked "
+                 "fitted are residuals of the fit, the others are measured only.", ""]
+    else:
+        lines = ["", "## Checks: measured, not fitted", "",
+                 "No parameter of this calibration moves these observables (they need terms the optimiser does not "
+                 "vary); they are measured with the KMC with the base catalog (start column) and the calibrated "
+                 "catalog.", ""]
+    lines += ["| check | fitted | target | " + " | ".join(names) + " | z (calibrated) | within error |",
+              "|---|---|---|" + "---|" * len(names) + "---|---|"]
 
     def fmt(v, e, kind):
         if kind == "interface_barrier":
@@ -250,7 +261,7 @@ def format_checks(rows: list[dict], names=("start", "calibrated")) -> str:
 
     for r in rows:
         last = r[names[-1]]
-        lines.append(f"| {r['id']} | {fmt(r['target'], r['target_err'], r['kind'])} | "
+        lines.append(f"| {r['id']} | {'yes' if r['fitted'] else 'no'} | {fmt(r['target'], r['target_err'], r['kind'])} | "
                      + " | ".join(fmt(r[n]["value"], r[n]["err"], r["kind"]) for n in names)
                      + f" | {last['z']:+.1f} | {'yes' if last['within_error'] else 'NO'} |")
     n_out = sum(not r[names[-1]]["within_error"] for r in rows)
