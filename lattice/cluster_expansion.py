@@ -39,7 +39,11 @@ offsets of its other sites (:mod:`lattice.sublattice`), with its host
 coefficient and the defect coefficient for a defect on each of its sites.
 :func:`delta_energy_ce` evaluates the energy change of a hop from these
 arrays (no icet in the loop); :func:`total_energy_ce` is the brute-force sum
-the tests and the NumPy reference use.
+the tests and the NumPy reference use. On lattices with more than ``reach + 2``
+cells per axis the engine keeps per-site fields (:func:`ce_field_init`,
+:func:`ce_field_change`) from which :func:`ce_field_channels` takes the 16
+channel energies with a few look-ups; coefficients are rounded to multiples of
+:data:`COEFF_QUANTUM_EV` so that all these sums are exact.
 """
 
 from __future__ import annotations
@@ -375,11 +379,38 @@ class CETables:
     cache_val: np.ndarray = None  # (C, 16) float64 dE of the 16 channels
     scratch: np.ndarray = None  # (P + 2 W,) int64 gathered states and key words
     de16: np.ndarray = None  # (16,) float64 scratch of the kernels
+    # clusters through A that also contain B_k (the hop's pair): entry e of type s and position of B_k in it
+    sh_n: np.ndarray = None  # (3, 8)
+    sh_e: np.ndarray = None  # (3, 8, M)
+    sh_j: np.ndarray = None  # (3, 8, M)
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self, site_field: np.ndarray | None = None, deltas: np.ndarray | None = None) -> tuple:
+        """The arrays in the order the kernels index them; the last two are the per-site field of
+        :func:`ce_field_init` (empty: the kernels evaluate the clusters directly) and the site-index
+        steps of :func:`field_deltas` for that lattice."""
+        fld = np.zeros(0) if site_field is None else site_field
+        dl = np.zeros((3, 1, 3), np.int64) if deltas is None else deltas
         return (self.n, self.order, self.off, self.host, self.dfc, self.spin, self.reach,
                 self.p_n, self.p_off, self.p_bk, self.p_typ, self.cache_key, self.cache_val,
-                self.scratch, self.de16)
+                self.scratch, self.de16, self.sh_n, self.sh_e, self.sh_j, fld, dl)
+
+    def field_deltas(self, dims) -> np.ndarray:
+        """(3, E, 3) int64: site-index step from a type-s site to the other sites of its cluster entries,
+        valid for a site at least ``reach`` half-cells away from every boundary of a lattice of ``dims``."""
+        d = np.asarray(dims, dtype=np.int64)
+        out = np.zeros((3, self.off.shape[1], 3), np.int64)
+
+        def index(c):
+            t = int(np.argmax(c % 2))
+            return int(((c[0] // 2 * d[1] + c[1] // 2) * d[2] + c[2] // 2) * 3 + t)
+
+        for s in range(3):
+            c0 = 2 * (d // 2)
+            c0[s] += 1
+            for e in range(int(self.n[s])):
+                for j in range(int(self.order[s, e]) - 1):
+                    out[s, e, j] = index(c0 + self.off[s, e, j]) - index(c0)
+        return out
 
     @property
     def active(self) -> bool:
@@ -388,6 +419,13 @@ class CETables:
 
 CACHE_BITS = 12
 """Entries of the direct-mapped dE cache of a CE (keyed by the exact states of the patch)."""
+COEFF_QUANTUM_EV = 2.0 ** -40
+"""Coefficients enter the kernels rounded to multiples of this (9.1e-13 eV): every cluster value is
++-J or +-K, so sums of them are exact in float64 (below 2**13 eV) in any order, and an energy change
+summed from per-site fields kept up to date hop by hop equals the one summed cluster by cluster."""
+FIELD_COMPONENTS = 3
+"""Per-site field (:func:`ce_field_init`): the coefficient of the site's spin, and its energy as a
+vacancy and as a bridge, each summed over the clusters through the site."""
 
 
 def _with_patch(n, order, off, host, dfc, spin, reach) -> CETables:
@@ -425,9 +463,27 @@ def _with_patch(n, order, off, host, dfc, spin, reach) -> CETables:
     words = (2 * int(max(p_n)) + 63) // 64 + 1  # 2 bits per state, plus one word of (s, kind, s0, s1)
     active = int(n.sum()) > 0
     cap = (1 << CACHE_BITS) if active else 1
+    shared = [[[] for _ in range(8)] for _ in range(3)]
+    for s in range(3):
+        for k in range(8):
+            ob = tuple(int(v) for v in NEIGHBOUR_OFFSETS[s, k])
+            for e in range(int(n[s])):
+                for j in range(int(order[s, e]) - 1):
+                    if tuple(int(v) for v in off[s, e, j]) == ob:
+                        shared[s][k].append((e, j + 1))
+    m = max(1, max(len(shared[s][k]) for s in range(3) for k in range(8)))
+    sh_n = np.zeros((3, 8), np.int64)
+    sh_e = np.zeros((3, 8, m), np.int64)
+    sh_j = np.zeros((3, 8, m), np.int64)
+    for s in range(3):
+        for k in range(8):
+            sh_n[s, k] = len(shared[s][k])
+            for i, (e, j) in enumerate(shared[s][k]):
+                sh_e[s, k, i] = e
+                sh_j[s, k, i] = j
     return CETables(n, order, off, host, dfc, spin, reach, p_n, p_off, p_bk, p_typ,
                     np.full((cap, words), -1, np.int64), np.zeros((cap, 16)),
-                    np.zeros(int(max(p_n)) + 2 * words, np.int64), np.zeros(16))
+                    np.zeros(int(max(p_n)) + 2 * words, np.int64), np.zeros(16), sh_n, sh_e, sh_j)
 
 
 def empty_tables() -> CETables:
@@ -436,8 +492,13 @@ def empty_tables() -> CETables:
                        np.zeros((3, 1)), np.zeros((3, 1, 2, 4)), np.zeros(4), np.zeros(1, np.int64))
 
 
+def _quantise(v):
+    return np.round(np.asarray(v, dtype=np.float64) / COEFF_QUANTUM_EV) * COEFF_QUANTUM_EV
+
+
 def kernel_tables(model: ClusterExpansion | None) -> CETables:
-    """Export ``model`` to :class:`CETables` (clusters with all coefficients zero are dropped)."""
+    """Export ``model`` to :class:`CETables` (clusters with all coefficients zero are dropped;
+    coefficients rounded to multiples of :data:`COEFF_QUANTUM_EV`)."""
     if model is None:
         return empty_tables()
     local_index = {lo: j for j, lo in enumerate(model.local_orbits)}
@@ -452,9 +513,11 @@ def kernel_tables(model: ClusterExpansion | None) -> CETables:
                     j = local_index[(orb.index, local_canonical(pts, p))]
                     for kk, kind in enumerate(DEFECT_KINDS_CE):
                         kd[kk, p_idx] = model.defect_eV[kind][j]
-                if model.host_eci_eV[i] == 0.0 and not np.any(kd):
+                kd = _quantise(kd)
+                h = float(_quantise(model.host_eci_eV[i]))
+                if h == 0.0 and not np.any(kd):
                     continue
-                rows[s].append((orb.order, cl[1:], float(model.host_eci_eV[i]), kd))
+                rows[s].append((orb.order, cl[1:], h, kd))
     n_max = max(1, max(len(r) for r in rows))
     n = np.array([len(r) for r in rows], dtype=np.int64)
     order = np.zeros((3, n_max), np.int64)
@@ -696,4 +759,257 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
         ckey[slot_c, w] = scratch[npat + w]
     for c in range(16):
         cval[slot_c, c] = out[c]
+    return True
+
+
+# --------------------------------------------------------------------------
+# Per-site fields: energy changes from a few look-ups
+# --------------------------------------------------------------------------
+# For site i, over the clusters c through i (the others j != i at their current states):
+#   X_i   = sum_c J_c P_c + sum_{c: one defect d on the others} K_d P'_c   (E of i as host sigma: sigma X_i)
+#   F_D,i = sum_{c: no defect on the others} K_D(i in c) P_c                (E of i as a defect of kind D)
+# with P the product of the others' host spins. A hop changes A (u_A -> v_A) and B (u_B -> v_B):
+#   dE = [E_i(A, v_A) - E_i(A, u_A)] + [E_i(B, v_B) - E_i(B, u_B)]
+#        + sum_{c through A and B} [V(v_A, v_B) - V(v_A, u_B) - V(u_A, v_B) + V(u_A, u_B)]
+# exactly (the last sum: the clusters the two single-site changes count twice). The fields of the sites
+# of the clusters through a changed site are updated after each hop, one site after the other.
+
+
+@njit(cache=True, inline="always")
+def _site_index(x, y, z, dims):
+    t = 0 if (x & 1) else (1 if (y & 1) else 2)
+    return (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + t
+
+
+@njit(cache=True, inline="always")
+def _no_wrap(x, y, z, n2x, n2y, n2z, r):
+    """True when every site within ``r`` half-cells of (x, y, z) is reached without wrapping."""
+    return r <= x < n2x - r and r <= y < n2y - r and r <= z < n2z - r
+
+
+@njit(cache=True, inline="always")
+def _field_terms(nd, kind, pos, prod, h, dfc, s, e, pj):
+    """Contributions of cluster (s, e) to the field of its site at position ``pj``, given the others' aggregate."""
+    if nd == 0:
+        return h * prod, dfc[s, e, 0, pj] * prod, dfc[s, e, 1, pj] * prod
+    if nd == 1:
+        return dfc[s, e, kind, pos] * prod, 0.0, 0.0
+    return 0.0, 0.0, 0.0
+
+
+@njit(cache=True)
+def ce_field_init(occ, dims, ce, fld):
+    """Fill ``fld`` ((3 n_sites,): X, F_vacancy, F_bridge per site) from scratch."""
+    n_ent, order, off, host, dfc, spin = ce[0], ce[1], ce[2], ce[3], ce[4], ce[5]
+    n2x = 2 * dims[0]
+    n2y = 2 * dims[1]
+    n2z = 2 * dims[2]
+    n_sites = occ.shape[0]
+    for site in range(n_sites):
+        s = site % 3
+        cell = site // 3
+        x = 2 * (cell // (dims[1] * dims[2]))
+        y = 2 * ((cell // dims[2]) % dims[1])
+        z = 2 * (cell % dims[2])
+        if s == 0:
+            x += 1
+        elif s == 1:
+            y += 1
+        else:
+            z += 1
+        fx = 0.0
+        fv = 0.0
+        fb = 0.0
+        for e in range(n_ent[s]):
+            nd = 0
+            kind = 0
+            pos = 0
+            prod = 1.0
+            for j in range(order[s, e] - 1):
+                q = _site_index(wrap(x + off[s, e, j, 0], n2x), wrap(y + off[s, e, j, 1], n2y),
+                                wrap(z + off[s, e, j, 2], n2z), dims)
+                nd, kind, pos, prod = _add_site(occ[q], j + 1, nd, kind, pos, prod, spin)
+            a, b, c = _field_terms(nd, kind, pos, prod, host[s, e], dfc, s, e, 0)
+            fx += a
+            fv += b
+            fb += c
+        fld[3 * site] = fx
+        fld[3 * site + 1] = fv
+        fld[3 * site + 2] = fb
+
+
+@njit(cache=True, inline="always")
+def _kt(dfc, s, e, p, st):
+    """Defect term of entry (s, e) for a site in state ``st`` at position ``p`` (0 for a host species)."""
+    if st >= VACANCY:
+        return dfc[s, e, st - VACANCY, p]
+    return 0.0
+
+
+@njit(cache=True, inline="always")
+def ce_field_change(occ, dims, x, y, z, s, site, new_state, ce, fld):
+    """Update ``fld`` for site (x, y, z; type s) taking ``new_state`` (``occ`` still holds the old one;
+    the caller writes the new state afterwards).
+
+    For a cluster through the site (position 0) and another of its sites j, with R the rest of the
+    cluster: ``w0 = prod_R s`` (0 if R holds a defect) and ``w1`` the one-defect sum over R. The
+    field of j holds ``J w0(R + i) + w1(R + i)`` (X) and ``K_D(j) w0(R + i)`` (F_D), and
+    ``w0(R + i) = s_i w0(R)``, ``w1(R + i) = K(i) w0(R) + s_i w1(R)``: the change follows from the
+    changes of ``s_i`` and ``K(i)`` alone (no branches on the states of R)."""
+    n_ent, order, off, host, dfc, spin = ce[0], ce[1], ce[2], ce[3], ce[4], ce[5]
+    n2x = 2 * dims[0]
+    n2y = 2 * dims[1]
+    n2z = 2 * dims[2]
+    old = occ[site]
+    dl = ce[19]
+    r = ce[6][0]
+    inside = _no_wrap(x, y, z, n2x, n2y, n2z, r)
+    dsp = spin[new_state] - spin[old]
+    for e in range(n_ent[s]):
+        od = order[s, e]
+        if od == 1:
+            continue  # the singlet: no other site's field holds it
+        h = host[s, e]
+        dk0 = _kt(dfc, s, e, 0, new_state) - _kt(dfc, s, e, 0, old)
+        q1 = q2 = q3 = 0
+        t1 = t2 = t3 = 0
+        for j in range(od - 1):
+            if inside:
+                q = site + dl[s, e, j]
+            else:
+                q = _site_index(wrap(x + off[s, e, j, 0], n2x), wrap(y + off[s, e, j, 1], n2y),
+                                wrap(z + off[s, e, j, 2], n2z), dims)
+            if j == 0:
+                q1 = q
+                t1 = occ[q]
+            elif j == 1:
+                q2 = q
+                t2 = occ[q]
+            else:
+                q3 = q
+                t3 = occ[q]
+        if od == 2:
+            fld[3 * q1] += h * dsp + dk0
+            fld[3 * q1 + 1] += dfc[s, e, 0, 1] * dsp
+            fld[3 * q1 + 2] += dfc[s, e, 1, 1] * dsp
+            continue
+        sp1 = spin[t1]
+        sp2 = spin[t2]
+        k1 = _kt(dfc, s, e, 1, t1)
+        k2 = _kt(dfc, s, e, 2, t2)
+        if od == 3:
+            # j = site 1 (R = site 2), then j = site 2 (R = site 1)
+            dw0 = dsp * sp2
+            dw1 = dk0 * sp2 + dsp * k2
+            fld[3 * q1] += h * dw0 + dw1
+            fld[3 * q1 + 1] += dfc[s, e, 0, 1] * dw0
+            fld[3 * q1 + 2] += dfc[s, e, 1, 1] * dw0
+            dw0 = dsp * sp1
+            dw1 = dk0 * sp1 + dsp * k1
+            fld[3 * q2] += h * dw0 + dw1
+            fld[3 * q2 + 1] += dfc[s, e, 0, 2] * dw0
+            fld[3 * q2 + 2] += dfc[s, e, 1, 2] * dw0
+            continue
+        sp3 = spin[t3]
+        k3 = _kt(dfc, s, e, 3, t3)
+        for j in range(3):
+            if j == 0:
+                w0 = sp2 * sp3
+                w1 = k2 * sp3 + k3 * sp2
+                q = q1
+            elif j == 1:
+                w0 = sp1 * sp3
+                w1 = k1 * sp3 + k3 * sp1
+                q = q2
+            else:
+                w0 = sp1 * sp2
+                w1 = k1 * sp2 + k2 * sp1
+                q = q3
+            dw0 = dsp * w0
+            dw1 = dk0 * w0 + dsp * w1
+            fld[3 * q] += h * dw0 + dw1
+            fld[3 * q + 1] += dfc[s, e, 0, j + 1] * dw0
+            fld[3 * q + 2] += dfc[s, e, 1, j + 1] * dw0
+
+
+@njit(cache=True, inline="always")
+def _site_energy(fld, site, st, spin):
+    """Energy of the clusters through ``site`` with the site in state ``st`` (the field's definition)."""
+    if st == VACANCY:
+        return fld[3 * site + 1]
+    if st == BRIDGE:
+        return fld[3 * site + 2]
+    return spin[st] * fld[3 * site]
+
+
+@njit(cache=True, inline="always")
+def _pair_value(nd, kind, pos, prod, st_a, st_b, jb, h, dfc, s, e, spin):
+    nd, kind, pos, prod = _add_site(st_a, 0, nd, kind, pos, prod, spin)
+    nd, kind, pos, prod = _add_site(st_b, jb, nd, kind, pos, prod, spin)
+    return _value(nd, kind, pos, prod, h, dfc, s, e)
+
+
+@njit(cache=True, inline="always")
+def ce_field_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
+    """CE dE of the 16 hop channels ``slot * 8 + k`` of a defect on A = (x, y, z), type ``s``, from the
+    per-site field ``ce[18]`` (same channels and values as :func:`delta_energy_ce_channels`)."""
+    order, off, host, dfc, spin = ce[1], ce[2], ce[3], ce[4], ce[5]
+    p_off, p_bk = ce[8], ce[9]
+    sh_n, sh_e, sh_j, fld = ce[15], ce[16], ce[17], ce[18]
+    n2x = 2 * dims[0]
+    n2y = 2 * dims[1]
+    n2z = 2 * dims[2]
+    site_a = _site_index(x, y, z, dims)
+    dl = ce[19]
+    inside = _no_wrap(x, y, z, n2x, n2y, n2z, ce[6][0] + 1)
+    u_a = VACANCY if is_vac else BRIDGE
+    e_a_old = _site_energy(fld, site_a, u_a, spin)
+    v_b = VACANCY if is_vac else BRIDGE
+    for k in range(8):
+        pk = p_bk[s, k]
+        xb = wrap(x + p_off[s, pk, 0], n2x)
+        yb = wrap(y + p_off[s, pk, 1], n2y)
+        zb = wrap(z + p_off[s, pk, 2], n2z)
+        site_b = _site_index(xb, yb, zb, dims)
+        u_b = occ[site_b]
+        out[k] = 0.0
+        out[8 + k] = 0.0
+        if u_b >= VACANCY:
+            continue
+        e_b = _site_energy(fld, site_b, v_b, spin) - _site_energy(fld, site_b, u_b, spin)
+        sb = spin[u_b]
+        for slot in range(1 if is_vac else 2):
+            if is_vac:
+                v_a = u_b
+            else:
+                v_a = s1 if slot == 0 else s0
+            if slot == 1 and s0 == s1:
+                out[8 + k] = out[k]
+                continue
+            de = (_site_energy(fld, site_a, v_a, spin) - e_a_old) + e_b
+            sa = spin[v_a]
+            for i in range(sh_n[s, k]):
+                # the cluster through A and B: w0, w1 of the rest R (closed form of
+                # V(vA, vB) - V(vA, uB) - V(uA, vB) + V(uA, uB))
+                e = sh_e[s, k, i]
+                jb = sh_j[s, k, i]
+                w0 = 1.0
+                w1 = 0.0
+                for j in range(order[s, e] - 1):
+                    if j + 1 == jb:
+                        continue
+                    if inside:
+                        q = site_a + dl[s, e, j]
+                    else:
+                        q = _site_index(wrap(x + off[s, e, j, 0], n2x), wrap(y + off[s, e, j, 1], n2y),
+                                        wrap(z + off[s, e, j, 2], n2z), dims)
+                    st = occ[q]
+                    w1 = w1 * spin[st] + _kt(dfc, s, e, j + 1, st) * w0
+                    w0 = w0 * spin[st]
+                hw = host[s, e] * w0 + w1
+                if is_vac:
+                    de += sb * w0 * (dfc[s, e, 0, jb] + dfc[s, e, 0, 0]) - hw
+                else:
+                    de += w0 * (dfc[s, e, 1, jb] * sa + dfc[s, e, 1, 0] * sb) - sa * sb * hw
+            out[slot * 8 + k] = de
     return True

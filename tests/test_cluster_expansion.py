@@ -12,6 +12,7 @@ from kmc.state import RateParams, fill_rates, make_state, rate_drift
 from lattice import HalideSublattice, build_heterojunction, build_random_mix, place_defects
 from lattice.cluster_expansion import (
     A_REF,
+    COEFF_QUANTUM_EV,
     ClusterExpansion,
     ClusterExpansionError,
     cluster_space,
@@ -74,9 +75,12 @@ def test_host_energy_equals_icet_prediction(x_I, shape):
     mult = np.asarray(cs.get_multiplicities(), dtype=float)
     model = ClusterExpansion(CUT, params[1:] / mult[1:], {}, E0_eV=params[0])
     occ = _occ_of_atoms(atoms, shape)
-    e_kmc = total_energy_ce(occ, shape, kernel_tables(model)) + params[0] * np.prod(shape)
+    tables = kernel_tables(model)
+    e_kmc = total_energy_ce(occ, shape, tables) + params[0] * np.prod(shape)
     e_icet = IcetCE(cs, params).predict(atoms) * np.prod(shape)
-    assert e_kmc == pytest.approx(e_icet, rel=1e-10, abs=1e-10)
+    # the kernel tables round each coefficient to COEFF_QUANTUM_EV: at most half a quantum per cluster
+    n_clusters = np.prod(shape) * tables.n.sum()
+    assert e_kmc == pytest.approx(e_icet, rel=1e-12, abs=0.5 * COEFF_QUANTUM_EV * n_clusters)
 
 
 def _hop_delta_check(occ, lat, tables, a, b, a_new, b_new):
@@ -166,10 +170,53 @@ def test_patch_channels_equal_the_direct_sum_and_cache_hits_repeat_them():
     assert not delta_energy_ce_channels(occ, small.dims, 1, 0, 0, 0, True, 0, 0, ce, out)
 
 
+@pytest.mark.parametrize("cut", [CUT, (1.01, 1.01, 1.01)])  # pairs + triplets; quadruplets within a
+def test_site_fields_give_the_channel_energies_and_stay_exact_under_changes(cut):
+    """ce_field_channels (per-site fields + the clusters A and B share) = the direct per-channel sums,
+    bit for bit; fields updated site change by site change = fields recomputed from scratch, bit for bit
+    (the coefficients are multiples of COEFF_QUANTUM_EV, so no rounding accumulates)."""
+    from lattice.cluster_expansion import ce_field_change, ce_field_channels, ce_field_init, delta_energy_ce_channels
+
+    lat = HalideSublattice((6, 5, 7))
+    tables = kernel_tables(_random_model(14, cut=cut))
+    assert set(np.unique(tables.order[0][:tables.n[0]]).tolist()) == set(range(1, len(cut) + 2))
+    assert np.all(tables.sh_n > 0)  # the pair A-B and the octahedral triplets through it
+    rng = np.random.default_rng(1)
+    fld = np.zeros(3 * lat.n_sites)
+    ce = tables.as_tuple(fld, tables.field_deltas(lat.dims))
+    by_field, direct = np.zeros(16), np.zeros(16)
+    changed = 0
+    for trial in range(30):
+        occ = build_random_mix(lat, rng.uniform(0.1, 0.9), seed=trial).occ.astype(np.int8).copy()
+        for site in rng.choice(lat.n_sites, 6, replace=False):
+            occ[site] = rng.choice([VACANCY, BRIDGE])
+        a = int(rng.integers(lat.n_sites))
+        is_vac = trial % 2 == 0
+        occ[a] = VACANCY if is_vac else BRIDGE
+        s0, s1 = (0, 0) if is_vac else (int(rng.integers(2)), int(rng.integers(2)))
+        ce_field_init(occ, lat.dims, ce, fld)
+        x, y, z = lat.coords(np.array([a]))[0]
+        ce_field_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, by_field)
+        assert delta_energy_ce_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, direct)
+        np.testing.assert_array_equal(by_field, direct)
+        changed += np.count_nonzero(direct)
+        for _ in range(6):  # single-site changes to any state, the field following each
+            i = int(rng.integers(lat.n_sites))
+            xi, yi, zi = lat.coords(np.array([i]))[0]
+            new = int(rng.integers(4))
+            ce_field_change(occ, lat.dims, xi, yi, zi, i % 3, i, new, ce, fld)
+            occ[i] = new
+        fresh = np.zeros_like(fld)
+        ce_field_init(occ, lat.dims, tables.as_tuple(fresh, tables.field_deltas(lat.dims)), fresh)
+        np.testing.assert_array_equal(fld, fresh)
+    assert changed > 200
+
+
 @pytest.mark.parametrize("kind,shape", [("mix", (6, 4, 4)), ("heterojunction", (6, 4, 4)), ("mix", (6, 5, 5))])
 def test_kernel_matches_reference_with_cluster_expansion(default_catalog, run_kernel, kind, shape):
-    """120 events as the brute-force reference (global energies), several defects, rate drift 0; the
-    (6, 5, 5) lattice takes the kernel's patch-and-cache path, the others its direct fallback."""
+    """120 events as the brute-force reference (global energies), several defects, rate drift 0 (and the
+    per-site field equal to its recompute); the (6, 5, 5) lattice takes the kernel's per-site field path,
+    the others its direct fallback."""
     from tests.test_reference_vs_kernel import _assert_same_run, _both, _mixed_defects
 
     cat = _ce_catalog(default_catalog, 7)
