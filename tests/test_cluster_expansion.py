@@ -131,6 +131,18 @@ def _ce_catalog(base, seed, oriented=False):
     return cat
 
 
+def _defect_in_random_mix(lat, rng, trial, n_spectators):
+    """A random mix with spectator defects and a vacancy (even trials) or a bridge on site ``a``."""
+    occ = build_random_mix(lat, rng.uniform(0.1, 0.9), seed=trial).occ.astype(np.int8).copy()
+    for site in rng.choice(lat.n_sites, n_spectators, replace=False):
+        occ[site] = rng.choice([VACANCY, BRIDGE])
+    a = int(rng.integers(lat.n_sites))
+    is_vac = trial % 2 == 0
+    occ[a] = VACANCY if is_vac else BRIDGE
+    s0, s1 = (0, 0) if is_vac else (int(rng.integers(2)), int(rng.integers(2)))
+    return occ, a, is_vac, s0, s1, lat.coords(np.array([a]))[0]
+
+
 def test_patch_channels_equal_the_direct_sum_and_cache_hits_repeat_them():
     """delta_energy_ce_channels (gathered patch, exact-key cache) = delta_energy_ce per channel."""
     from lattice.cluster_expansion import delta_energy_ce_channels
@@ -141,14 +153,7 @@ def test_patch_channels_equal_the_direct_sum_and_cache_hits_repeat_them():
     rng = np.random.default_rng(15)
     out = np.zeros(16)
     for trial in range(30):
-        occ = build_random_mix(lat, rng.uniform(0.1, 0.9), seed=trial).occ.astype(np.int8).copy()
-        for site in rng.choice(lat.n_sites, 5, replace=False):
-            occ[site] = rng.choice([VACANCY, BRIDGE])
-        a = int(rng.integers(lat.n_sites))
-        is_vac = trial % 2 == 0
-        occ[a] = VACANCY if is_vac else BRIDGE
-        s0, s1 = (0, 0) if is_vac else (int(rng.integers(2)), int(rng.integers(2)))
-        x, y, z = lat.coords(np.array([a]))[0]
+        occ, a, is_vac, s0, s1, (x, y, z) = _defect_in_random_mix(lat, rng, trial, 5)
         for repeat in range(2):  # the second call is a cache hit
             assert delta_energy_ce_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, out)
             for k in range(8):
@@ -187,15 +192,8 @@ def test_site_fields_give_the_channel_energies_and_stay_exact_under_changes(cut)
     by_field, direct = np.zeros(16), np.zeros(16)
     changed = 0
     for trial in range(30):
-        occ = build_random_mix(lat, rng.uniform(0.1, 0.9), seed=trial).occ.astype(np.int8).copy()
-        for site in rng.choice(lat.n_sites, 6, replace=False):
-            occ[site] = rng.choice([VACANCY, BRIDGE])
-        a = int(rng.integers(lat.n_sites))
-        is_vac = trial % 2 == 0
-        occ[a] = VACANCY if is_vac else BRIDGE
-        s0, s1 = (0, 0) if is_vac else (int(rng.integers(2)), int(rng.integers(2)))
+        occ, a, is_vac, s0, s1, (x, y, z) = _defect_in_random_mix(lat, rng, trial, 6)
         ce_field_init(occ, lat.dims, ce, fld)
-        x, y, z = lat.coords(np.array([a]))[0]
         ce_field_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, by_field)
         assert delta_energy_ce_channels(occ, lat.dims, x, y, z, a % 3, is_vac, s0, s1, ce, direct)
         np.testing.assert_array_equal(by_field, direct)
