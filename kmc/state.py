@@ -90,9 +90,10 @@ class EngineState:
     counters: np.ndarray
     err: np.ndarray
     ce_field: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    ce_delta: np.ndarray = field(default_factory=lambda: np.zeros((3, 1, 3), np.int64))
     """(3 n_sites,) per-site cluster-expansion field (:func:`lattice.cluster_expansion.ce_field_init`),
     rebuilt by :func:`fill_rates`; empty without a cluster expansion or on a lattice too small for it."""
+    ce_delta: np.ndarray = field(default_factory=lambda: np.zeros((3, 1, 3), np.int64))
+    """Site-index steps of the field's clusters on this lattice (:meth:`CETables.field_deltas`)."""
 
     @property
     def n_sites(self) -> int:
@@ -279,9 +280,10 @@ def rate_drift(state: EngineState, params: RateParams) -> float:
     classes = state.classes.copy()
     tree = np.zeros_like(state.tree)
     fresh = np.zeros_like(state.ce_field)
+    ce = params.ce[:-2] + (fresh, state.ce_delta)  # the recompute writes its own field
     ok = K.init_rates(state.occ, state.dims, state.def_kind, state.def_xyz, state.def_s, state.def_sp,
                       state.def_or, rates, classes, tree, state.n_leaves, params.e_kra, params.prefactor, params.J,
-                      params.e_bridge, params.ce[:-2] + (fresh, state.ce_delta), params.rot_rate, params.beta, state.err)
+                      params.e_bridge, ce, params.rot_rate, params.beta, state.err)
     if not ok:
         raise MissingRateError([int(state.err[0])], params.catalog_name)
     if not np.array_equal(classes, state.classes) or not np.array_equal(fresh, state.ce_field):

@@ -59,7 +59,7 @@ import numpy as np
 import common.numba_cache  # noqa: F401 - before numba: a writable kernel cache
 from numba import njit
 
-from lattice.environment import wrap
+from lattice.environment import site_coords, site_of, wrap
 from lattice.species import BR, BRIDGE, DEFECT_KINDS, I, VACANCY
 
 LATTICE_NAME = "cubic-CsPbX3-Pm-3m-halide-sublattice"
@@ -663,8 +663,7 @@ def delta_energy_ce(occ, dims, xa, ya, za, sa, xb, yb, zb, sb, site_a, site_b, a
                 qx = wrap(x + off[s, e, j, 0], n2x)
                 qy = wrap(y + off[s, e, j, 1], n2y)
                 qz = wrap(z + off[s, e, j, 2], n2z)
-                t = 0 if (qx & 1) else (1 if (qy & 1) else 2)
-                q = (((qx >> 1) * dims[1] + (qy >> 1)) * dims[2] + (qz >> 1)) * 3 + t
+                q = _site_index(qx, qy, qz, dims)
                 st = occ[q]
                 st1 = st
                 if q == site_o:
@@ -713,8 +712,7 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
         qx = wrap(x + p_off[s, p, 0], n2x)
         qy = wrap(y + p_off[s, p, 1], n2y)
         qz = wrap(z + p_off[s, p, 2], n2z)
-        t = 0 if (qx & 1) else (1 if (qy & 1) else 2)
-        st = occ[(((qx >> 1) * dims[1] + (qy >> 1)) * dims[2] + (qz >> 1)) * 3 + t]
+        st = occ[_site_index(qx, qy, qz, dims)]
         scratch[p] = st
         scratch[npat + (p >> 5)] |= np.int64(st) << np.int64(2 * (p & 31))
     meta = ((s * 2 + (1 if is_vac else 0)) * 4 + s0) * 4 + s1
@@ -734,14 +732,14 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
             out[c] = cval[slot_c, c]
         return True
     # miss: the direct sum of delta_energy_ce per open channel
-    site_a = (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + s
+    site_a = site_of(x, y, z, s, dims)
     for k in range(8):
         st_b = scratch[p_bk[s, k]]
         xb = wrap(x + p_off[s, p_bk[s, k], 0], n2x)
         yb = wrap(y + p_off[s, p_bk[s, k], 1], n2y)
         zb = wrap(z + p_off[s, p_bk[s, k], 2], n2z)
         t = p_typ[s, k]
-        site_b = (((xb >> 1) * dims[1] + (yb >> 1)) * dims[2] + (zb >> 1)) * 3 + t
+        site_b = site_of(xb, yb, zb, t, dims)
         for slot in range(2):
             c = slot * 8 + k
             out[c] = 0.0
@@ -777,8 +775,8 @@ def delta_energy_ce_channels(occ, dims, x, y, z, s, is_vac, s0, s1, ce, out):
 
 @njit(cache=True, inline="always")
 def _site_index(x, y, z, dims):
-    t = 0 if (x & 1) else (1 if (y & 1) else 2)
-    return (((x >> 1) * dims[1] + (y >> 1)) * dims[2] + (z >> 1)) * 3 + t
+    """Site index of wrapped doubled coordinates, the type read from their parity."""
+    return site_of(x, y, z, 0 if (x & 1) else (1 if (y & 1) else 2), dims)
 
 
 @njit(cache=True, inline="always")
@@ -804,19 +802,12 @@ def ce_field_init(occ, dims, ce, fld):
     n2x = 2 * dims[0]
     n2y = 2 * dims[1]
     n2z = 2 * dims[2]
-    n_sites = occ.shape[0]
-    for site in range(n_sites):
-        s = site % 3
-        cell = site // 3
-        x = 2 * (cell // (dims[1] * dims[2]))
-        y = 2 * ((cell // dims[2]) % dims[1])
-        z = 2 * (cell % dims[2])
-        if s == 0:
-            x += 1
-        elif s == 1:
-            y += 1
-        else:
-            z += 1
+    xyz = np.zeros(3, np.int64)
+    for site in range(occ.shape[0]):
+        s = site_coords(site, dims, xyz)
+        x = xyz[0]
+        y = xyz[1]
+        z = xyz[2]
         fx = 0.0
         fv = 0.0
         fb = 0.0
