@@ -63,6 +63,7 @@ class Simulation:
         fill_rates(self.state, self.params)
         self.rng = np.random.default_rng(seed)
         self.buffer = np.empty(0, dtype=np.float64)
+        self._buffer_store = np.empty(0, dtype=np.float64)  # refilled in place: no allocation per refill
         self.upos = 0
         self.time_s = 0.0
         self.event_log_cap = int(event_log)
@@ -97,8 +98,17 @@ class Simulation:
             self._alloc_log()
 
     def _refill(self) -> None:
-        tail = self.buffer[self.upos:]
-        self.buffer = np.concatenate([tail, self.rng.random(BUFFER_SIZE)])
+        # The unused tail, then BUFFER_SIZE new uniforms, written into one reused array: the same stream as
+        # concatenating, without allocating (and, under a small malloc trim threshold as Dask's nanny sets,
+        # mapping and unmapping) half a megabyte per refill.
+        tail = self.buffer[self.upos:].copy()
+        n = tail.size + BUFFER_SIZE
+        if self._buffer_store.size < n:
+            self._buffer_store = np.empty(n, dtype=np.float64)
+        store = self._buffer_store
+        store[:tail.size] = tail
+        self.rng.random(out=store[tail.size:n])
+        self.buffer = store[:n]
         self.upos = 0
 
     # -- running ---------------------------------------------------------------

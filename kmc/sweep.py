@@ -193,8 +193,13 @@ def _client(workers: int, scheduler: str | None, in_process: bool = False):
     # the kernels' JIT already loaded, but a crash of a task takes the sweep with it.
     if in_process and int(workers) != 1:
         raise ValueError("--in-process runs exactly one worker; drop --workers or set it to 1")
-    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=not in_process,
-                           dashboard_address=None if in_process else ":0", silence_logs=logging.WARNING)
+    # Dask's statistical profiler samples the worker thread's stack every 10 ms and needs the GIL for it,
+    # which the kernels hold: off, it costs a task several per cent of its time (bench_sweep.py)
+    import dask  # noqa: PLC0415
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=not in_process,
+                               dashboard_address=None if in_process else ":0", silence_logs=logging.WARNING)
     return Client(cluster), cluster
 
 
