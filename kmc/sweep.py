@@ -194,10 +194,16 @@ def _client(workers: int, scheduler: str | None, in_process: bool = False):
     if in_process and int(workers) != 1:
         raise ValueError("--in-process runs exactly one worker; drop --workers or set it to 1")
     # Dask's statistical profiler samples the worker thread's stack every 10 ms and needs the GIL for it,
-    # which the kernels hold: off, it costs a task several per cent of its time (bench_sweep.py)
+    # which the kernels hold: off, it costs a task several per cent of its time (bench_sweep.py). The
+    # event-loop tick (20 ms), system monitor (0.5 s) and memory monitor (0.1 s) keep an idle one-worker
+    # cluster at about 6 % of a core, taken from the tasks when every core is busy; at 1 s, 5 s and 1 s it
+    # is under 1 %. Tasks run for seconds to hours, so nothing here needs a faster reaction.
     import dask  # noqa: PLC0415
 
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    with dask.config.set({"distributed.worker.profile.enabled": False,
+                          "distributed.admin.tick.interval": "1s",
+                          "distributed.admin.system-monitor.interval": "5s",
+                          "distributed.worker.memory.monitor-interval": "1s"}):
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=not in_process,
                                dashboard_address=None if in_process else ":0", silence_logs=logging.WARNING)
     return Client(cluster), cluster
