@@ -250,6 +250,31 @@ def test_interface_barrier_of_planted_occupancies_is_exact():
     assert interface_barrier(occ2, cfg, T) == pytest.approx(0.13, abs=1e-12)
 
 
+def test_mixing_order_compares_every_pair_of_distinct_targets():
+    """Planted mixing rows: targets 0 < 11 < 36 (and a tie at 36); the KMC has the 0 and 11 rows reversed,
+    the 11-36 pair in order but within noise. Ties in the target are no pair."""
+    from workflows.calibrate_checks import format_checks, mixing_order
+
+    def row(cid, target, value, err):
+        return {"id": cid, "kind": "mixing_events", "fitted": True, "target": target, "target_err": 1.0,
+                "calibrated": {"value": value, "err": err, "z": 0.0, "within_error": True}}
+
+    rows = [row("a", 36.0, 40.0, 1.0), row("b", 0.0, 20.0, 1.0), row("c", 11.0, 10.0, 1.0),
+            row("d", 36.0, 12.0, 1.0),
+            {"id": "E", "kind": "interface_barrier", "fitted": True, "target": 0.1, "target_err": 0.02,
+             "calibrated": {"value": 0.1, "err": 0.01, "z": 0.0, "within_error": True}}]
+    pairs = {(q["lower"], q["higher"]): q for q in mixing_order(rows)}
+    assert set(pairs) == {("b", "c"), ("b", "a"), ("b", "d"), ("c", "a"), ("c", "d")}
+    assert not pairs[("b", "c")]["same_order"] and pairs[("b", "c")]["resolved"]
+    assert pairs[("b", "c")]["z"] == pytest.approx(-10.0 / math.sqrt(2.0))
+    assert pairs[("c", "a")]["same_order"] and pairs[("c", "a")]["resolved"]
+    assert pairs[("c", "d")]["same_order"] and not pairs[("c", "d")]["resolved"]  # 2 +- 1.41
+    md = format_checks(rows, names=("calibrated",))
+    assert "| b | c | -10.0 +- 1.4 | -7.1 | REVERSED |" in md
+    assert "| c | d | +2.0 +- 1.4 | +1.4 | same (not resolved) |" in md
+    assert "2 of 5 pairs in the targets' order and resolved (z >= 2); 2 reversed." in md  # b-d reversed too
+
+
 def test_checks_are_measured_at_start_and_calibrated_and_reported_not_fitted(tmp_path):
     text = HEAD.format(seed=1, bounds="[-0.3, 0.3]").replace("events = 3000", "events = 500") \
         + TARGET.format(Ea=0.2, Ea_err=0.02, D=1e-6, D_err=5e-7) + CHECK

@@ -88,7 +88,7 @@ import numpy as np
 from common.atomic import read_text_file
 from common.provenance import file_sha256, provenance
 from common.stats import fit_arrhenius, half_lattice_sq_to_cm2
-from workflows.calibrate_checks import CheckError, check_rows, format_checks, load_checks
+from workflows.calibrate_checks import CheckError, check_rows, format_checks, load_checks, mixing_order
 
 DEFECTS = ("vacancy", "interstitial")
 MOVERS = ("I", "Br")
@@ -907,7 +907,9 @@ def cmd_calibrate(args) -> int:
         cat = dataclasses.replace(cat, provenance={**cat.provenance, "calibration": cal})
     cat.save(out)
     rep_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(rep_dir / "calibration.json", jsonable({**res, "checks": checks, "catalog": str(out),
+    write_json_atomic(rep_dir / "calibration.json", jsonable({**res, "checks": checks,
+                                                              "mixing_order": mixing_order(checks),
+                                                              "catalog": str(out),
                                                               "catalog_sha256": cat.sha256(),
                                                               "provenance": provenance()}))
     md = format_report(res, spec) + format_checks(checks)

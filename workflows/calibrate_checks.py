@@ -266,8 +266,46 @@ def format_checks(rows: list[dict], names=("start", "calibrated")) -> str:
                      + f" | {last['z']:+.1f} | {'yes' if last['within_error'] else 'NO'} |")
     n_out = sum(not r[names[-1]]["within_error"] for r in rows)
     lines += ["", f"{n_out} of {len(rows)} checks outside their errors."]
+    lines += _order_lines(rows, names[-1])
     return "\n".join(lines) + "\n"
 
 
+def mixing_order(rows: list[dict], name: str = "calibrated") -> list[dict]:
+    """Every pair of mixing-count checks whose targets differ: does the KMC (catalog ``name``) order them as the
+    targets do? ``z`` is the KMC difference (larger target minus smaller) over its standard error; a pair is
+    ``resolved`` when |z| >= 2."""
+    mix = sorted((r for r in rows if r["kind"] == "mixing_events"), key=lambda r: r["target"])
+    out = []
+    for i, lo in enumerate(mix):
+        for hi in mix[i + 1:]:
+            if hi["target"] == lo["target"]:
+                continue
+            d = hi[name]["value"] - lo[name]["value"]
+            e = math.hypot(hi[name]["err"], lo[name]["err"])
+            z = d / e if e > 0 else (math.inf if d > 0 else -math.inf if d < 0 else 0.0)
+            out.append({"lower": lo["id"], "higher": hi["id"], "difference": d, "err": e, "z": z,
+                        "same_order": bool(d > 0), "resolved": bool(abs(z) >= 2.0)})
+    return out
+
+
+def _order_lines(rows: list[dict], name: str) -> list[str]:
+    pairs = mixing_order(rows, name)
+    if not pairs:
+        return []
+    lines = ["", "### Order of the mixing counts", "",
+             "Each pair of mixing checks whose targets differ, the lower target first: the KMC difference (higher "
+             "minus lower) and its z; the order is reproduced when the difference is positive, and resolved when "
+             "z >= 2.", "",
+             "| lower target | higher target | KMC difference | z | order |", "|---|---|---|---|---|"]
+    for q in pairs:
+        verdict = ("same" if q["same_order"] else "REVERSED") + ("" if q["resolved"] else " (not resolved)")
+        lines.append(f"| {q['lower']} | {q['higher']} | {q['difference']:+.1f} +- {q['err']:.1f} | {q['z']:+.1f} | "
+                     f"{verdict} |")
+    n_same = sum(q["same_order"] and q["resolved"] for q in pairs)
+    lines += ["", f"{n_same} of {len(pairs)} pairs in the targets' order and resolved (z >= 2); "
+              f"{sum(not q['same_order'] for q in pairs)} reversed."]
+    return lines
+
+
 __all__ = ["CHECK_KINDS", "Check", "CheckError", "check_rows", "format_checks", "interface_barrier", "load_checks",
-           "run_check"]
+           "mixing_order", "run_check"]
