@@ -252,7 +252,7 @@ def test_interface_barrier_of_planted_occupancies_is_exact():
 
 def test_mixing_order_compares_every_pair_of_distinct_targets():
     """Planted mixing rows: targets 0 < 11 < 36 (and a tie at 36); the KMC has the 0 and 11 rows reversed,
-    the 11-36 pair in order but within noise. Ties in the target are no pair."""
+    the 11-36 pair c-d in order but within noise. Ties in the target are no pair."""
     from workflows.calibrate_checks import format_checks, mixing_order
 
     def row(cid, target, value, err):
